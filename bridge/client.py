@@ -1,0 +1,364 @@
+"""The trainer's side of the bridge: a lockstep request/reply client with timeouts and liveness checks.
+
+One request is in flight at a time. Each carries a sequence number and the reply must echo it, so a late
+reply to a request that already timed out is recognised and dropped instead of being taken as the
+answer to the next request. While waiting, the client watches its connection: a server that dies (its
+TCP connection drops) is reported at once as PeerDisconnectedError; a server that hangs is reported
+when the timeout expires. A background thread sends heartbeats so the server can tell a trainer that
+is busy (a PPO update) from one that is dead.
+"""
+import logging
+import threading
+import time
+import warnings
+from collections import deque
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import zmq
+
+from bridge import protocol
+from bridge.codec import Encoder, decode
+from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
+                           SessionError, VersionMismatchError, remote_error)
+from bridge.shm import ShmReader, shm_available
+from bridge.spec import FieldSpec, WorldSpec
+from bridge.transport import ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint
+
+logger = logging.getLogger(__name__)
+
+
+class ProtocolVersionWarning(UserWarning):
+    """The peer speaks the same major protocol version but another minor one."""
+
+
+class ServerInfo(NamedTuple):
+    """What the ``hello`` reply told us about the sim side."""
+
+    protocol: str
+    sim_name: str
+    sim_version: str
+    spec: WorldSpec
+    session: str
+    shm: bool
+
+
+class StepReply(NamedTuple):
+    """One tick as the sim side reported it (see carla_client.backend.Tick).
+
+    Arrays may be read-only views of receive buffers or shared memory, valid until the reply after
+    the next one arrives; construct the client with ``copy_arrays=True`` to get private copies.
+    """
+
+    frame: int
+    sim_time: float
+    observation: Dict[str, np.ndarray]
+    measurements: Dict[str, Any]
+    events: List[Dict[str, Any]]
+
+
+class RoundTripStats(object):
+    """Round-trip times and reply times of the most recent requests (for TensorBoard)."""
+
+    def __init__(self, window: int = 2000) -> None:
+        self._round_trips = deque(maxlen=window)  # type: deque
+        self._step_times = deque(maxlen=window)  # type: deque
+
+    def record(self, command: str, seconds: float) -> None:
+        self._round_trips.append(seconds)
+        if command == protocol.STEP:
+            self._step_times.append(time.monotonic())
+
+    def percentiles(self) -> Tuple[float, float]:
+        """(p50, p99) round trip in seconds over the window; (nan, nan) before any request."""
+        if not self._round_trips:
+            return float("nan"), float("nan")
+        p50, p99 = np.percentile(np.fromiter(self._round_trips, float), [50, 99])
+        return float(p50), float(p99)
+
+    def ticks_per_second(self) -> float:
+        """Steps answered per wall-clock second over the window (nan with fewer than two)."""
+        if len(self._step_times) < 2 or self._step_times[-1] <= self._step_times[0]:
+            return float("nan")
+        return (len(self._step_times) - 1) / (self._step_times[-1] - self._step_times[0])
+
+
+class _Heartbeat(threading.Thread):
+    """Sends ``heartbeat`` for the current session every ``interval`` seconds on its own socket."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, session: str, interval: float) -> None:
+        super().__init__(name="bridge-heartbeat", daemon=True)  # daemon: never keeps a dead trainer up
+        self._context, self._endpoint, self._session = context, endpoint, session
+        self._interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        sock = make_socket(self._context, zmq.DEALER)
+        try:
+            sock.connect(self._endpoint)
+            encoder = Encoder()
+            message = encoder.encode({"seq": 0, "cmd": protocol.HEARTBEAT, "session": self._session})
+            while not self.stopped.wait(self._interval):
+                try:
+                    sock.send_multipart(message, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # not connected right now: the server will notice the silence
+        finally:
+            sock.close(linger=0)
+
+
+class BridgeClient(object):
+    """Lockstep client for one sim-side server.
+
+    Args:
+        endpoint: the server's address, ``tcp://HOST:PORT``.
+        timeout: seconds to wait for any reply before BridgeTimeoutError.
+        hello_timeout: seconds to wait for the hello reply (default: ``timeout``); the server may
+            need to connect to CARLA and spawn actors first.
+        use_shm: ask for the shared-memory path when the server is on this host.
+        copy_arrays: return private copies of received arrays instead of views.
+        heartbeat_seconds: heartbeat interval; 0 disables heartbeats (the server then uses its own
+            idle timeout).
+        max_message_bytes: the largest reply accepted.
+    """
+
+    def __init__(self, endpoint: str = protocol.DEFAULT_ENDPOINT,
+                 timeout: float = protocol.DEFAULT_TIMEOUT_SECONDS,
+                 hello_timeout: Optional[float] = None, use_shm: bool = True,
+                 copy_arrays: bool = False,
+                 heartbeat_seconds: float = protocol.DEFAULT_HEARTBEAT_SECONDS,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 client_name: str = "carla-zmq-bridge") -> None:
+        if not endpoint.startswith("ipc://"):
+            parse_tcp_endpoint(endpoint)
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.hello_timeout = float(hello_timeout if hello_timeout is not None else timeout)
+        self.use_shm = use_shm
+        self.copy_arrays = copy_arrays
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.max_message_bytes = max_message_bytes
+        self.client_name = client_name
+        self.stats = RoundTripStats()
+        self.info = None  # type: Optional[ServerInfo]
+        self._context = zmq.Context()
+        self._socket = make_socket(self._context, zmq.DEALER, max_message_bytes)
+        self._monitor = ConnectionMonitor(self._socket)
+        self._socket.connect(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor.socket, zmq.POLLIN)
+        self._encoder = Encoder()
+        self._seq = 0
+        self._session = None  # type: Optional[str]
+        self._shm = None  # type: Optional[ShmReader]
+        self._heartbeat = None  # type: Optional[_Heartbeat]
+        self.closed = False
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def hello(self) -> ServerInfo:
+        """Opens a session: exchanges versions and receives the spec. Replaces any earlier session.
+
+        Raises:
+            VersionMismatchError: the server speaks another major protocol version.
+            BridgeTimeoutError: no server answered within ``hello_timeout``.
+        """
+        self._end_session_locally()
+        body = {
+            "protocol": list(protocol.PROTOCOL_VERSION),
+            "client": self.client_name,
+            "shm": bool(self.use_shm and shm_available() and is_same_host(self.endpoint)),
+            "heartbeat_seconds": self.heartbeat_seconds,
+        }
+        reply = self._request(protocol.HELLO, body, self.hello_timeout)
+        try:
+            version = tuple(int(v) for v in reply["protocol"])
+            spec = WorldSpec.from_wire(reply["spec"])
+            sim = reply["sim"]
+            info = ServerInfo(protocol.version_string(version), str(sim["name"]),
+                              str(sim["version"]), spec, str(reply["session"]), False)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError("malformed hello reply from {}: {}".format(self.endpoint, e)) from e
+        self._check_version(version)
+        for text in reply.get("warnings") or []:
+            warnings.warn(str(text), ProtocolVersionWarning)
+        self._session = info.session
+        if reply.get("shm"):
+            info = info._replace(shm=self._attach_shm(reply["shm"]))
+        if self.heartbeat_seconds > 0:
+            self._heartbeat = _Heartbeat(self._context, self.endpoint, info.session,
+                                         self.heartbeat_seconds)
+            self._heartbeat.start()
+        self.info = info
+        return info
+
+    def reset(self, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
+              ) -> StepReply:
+        """Starts an episode and returns its first tick.
+
+        Raises:
+            SessionError: no hello yet. RemoteError: the sim side failed. BridgeTimeoutError,
+            PeerDisconnectedError: the sim side is gone or stalled.
+        """
+        body = {"seed": None if seed is None else int(seed), "options": dict(options or {})}
+        return self._tick(self._request(protocol.RESET, body, self.timeout))
+
+    def step(self, action: Dict[str, Any]) -> StepReply:
+        """Sends one action; the sim advances exactly one tick and returns it.
+
+        Raises:
+            RemoteSpecError: the action breaks the action spec (NaN, out of range, missing field).
+            Plus everything ``reset`` raises.
+        """
+        return self._tick(self._request(protocol.STEP, {"action": action}, self.timeout))
+
+    def ping(self, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Asks the server for its status without touching any session."""
+        return self._request(protocol.PING, {}, self.timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Ends the session on the server (so it restores the world now) and frees sockets.
+
+        Idempotent; never raises for an unreachable server.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._session is not None:
+                self._request(protocol.CLOSE, {}, min(self.timeout, 2.0))
+        except BridgeError as e:
+            logger.debug("close: server did not acknowledge (%s)", e)
+        finally:
+            self._end_session_locally()
+            self._monitor.close(self._socket)
+            self._socket.close(linger=0)
+            self._context.term()
+
+    def __enter__(self) -> "BridgeClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # safety net only; close() is the real cleanup
+        if not getattr(self, "closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_version(self, version: Tuple[int, ...]) -> None:
+        ours = protocol.PROTOCOL_VERSION
+        if version[0] != ours[0]:
+            raise VersionMismatchError(protocol.version_string(ours), protocol.version_string(version))
+        if version[1] != ours[1]:
+            warnings.warn("sim side at {} speaks protocol {} and this client {}: minor versions "
+                          "differ, newer features may be unavailable".format(
+                              self.endpoint, protocol.version_string(version),
+                              protocol.version_string(ours)), ProtocolVersionWarning)
+
+    def _attach_shm(self, offer: Dict[str, Any]) -> bool:
+        try:
+            self._shm = ShmReader(str(offer["path"]), str(offer["token"]), int(offer["size"]))
+            return True
+        except (BridgeError, KeyError, TypeError, ValueError) as e:
+            logger.info("shared memory offered by %s is not usable here (%s); using TCP frames",
+                        self.endpoint, e)
+            return False
+
+    def _end_session_locally(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stopped.set()
+            self._heartbeat.join(timeout=2.0)
+            self._heartbeat = None
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        self._session = None
+
+    def _request(self, command: str, body: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+        if self.closed and command != protocol.CLOSE:
+            raise BridgeError("this BridgeClient is closed")
+        if command in protocol.SESSION_COMMANDS and self._session is None:
+            raise SessionError("no session with {}: call hello() first".format(self.endpoint))
+        self._seq += 1
+        seq = self._seq
+        frames = self._encoder.encode({"seq": seq, "cmd": command, "session": self._session,
+                                       "shm": self._shm is not None, "body": body})
+        self._monitor.poll_disconnected()  # forget drops that happened between requests
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._wait_writable(command, seq, deadline)
+            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BridgeTimeoutError(self._timeout_message(command, seq, timeout))
+            ready = dict(self._poller.poll(remaining * 1000))
+            if self._socket in ready:
+                reply = self._receive()
+                if reply.get("seq") != seq:
+                    logger.debug("dropping stale reply %r while waiting for %d", reply.get("seq"), seq)
+                    continue
+                self.stats.record(command, time.monotonic() - started)
+                if not reply.get("ok"):
+                    error = reply.get("error") or {}
+                    raise remote_error(str(error.get("code", "RemoteError")),
+                                       str(error.get("message", "")), str(error.get("traceback", "")))
+                result = reply.get("body")
+                return result if isinstance(result, dict) else {}
+            if self._monitor.socket in ready and self._monitor.poll_disconnected():
+                raise PeerDisconnectedError(
+                    "the sim side at {} dropped the connection while we waited for the reply to {} "
+                    "#{}: carla_client probably crashed or was killed; check its log, then restart "
+                    "it".format(self.endpoint, command, seq))
+
+    def _wait_writable(self, command: str, seq: int, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._socket.poll(remaining * 1000, zmq.POLLOUT):
+            raise BridgeTimeoutError(self._timeout_message(command, seq, 0))
+
+    def _receive(self) -> Dict[str, Any]:
+        frames = self._socket.recv_multipart(copy=False)
+        shm_reader = self._shm.read if self._shm is not None else None
+        reply = decode(frames, self.max_message_bytes, shm_reader)
+        if not isinstance(reply, dict):
+            raise ProtocolError("reply from {} is not a map".format(self.endpoint))
+        return reply
+
+    def _timeout_message(self, command: str, seq: int, timeout: float) -> str:
+        return ("no reply from {} to {} #{} within {:.1f} s. Is carla_client running and bound to "
+                "that address? Did it crash (see its log)? Is the simulator stalled (a CARLA tick "
+                "with many sensors can be slow: raise the timeout)?".format(
+                    self.endpoint, command, seq, timeout))
+
+    def _tick(self, body: Dict[str, Any]) -> StepReply:
+        try:
+            reply = StepReply(int(body["frame"]), float(body["sim_time"]), dict(body["observation"]),
+                              dict(body["measurements"]), list(body["events"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError("malformed tick from {}: {}".format(self.endpoint, e)) from e
+        if self.info is not None:
+            _check_shapes(self.info.spec.observation, reply.observation)
+        if self.copy_arrays:
+            reply = reply._replace(observation={k: np.array(v) for k, v in reply.observation.items()})
+        return reply
+
+
+def _check_shapes(specs: Tuple[FieldSpec, ...], observation: Dict[str, Any]) -> None:
+    """Cheap structural check of an observation (no scan of the values)."""
+    for spec in specs:
+        value = observation.get(spec.name)
+        if not isinstance(value, np.ndarray):
+            raise ProtocolError("observation field {!r} missing or not an array".format(spec.name))
+        if value.dtype != np.dtype(spec.dtype) or len(value.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, value.shape)):
+            raise ProtocolError("observation field {!r}: expected {}{} but got {}{}".format(
+                spec.name, spec.dtype, spec.shape, value.dtype, value.shape))

@@ -1,0 +1,205 @@
+"""Message encoding: a msgpack header frame plus raw array buffers, never pickle.
+
+A message is a msgpack map. ndarrays anywhere inside it are replaced by msgpack extension values:
+
+* ``EXT_INLINE`` (2): small arrays, ``[dtype, shape, bytes]`` inside the header itself;
+* ``EXT_FRAME`` (1): large arrays, ``[dtype, shape, index]``; the bytes travel zero-copy as frame
+  ``1 + index`` of the same multipart message;
+* ``EXT_SHM`` (3): ``[dtype, shape, offset]`` into the session's shared-memory slot (bridge/shm.py).
+
+dtypes travel as numpy ``dtype.str`` ("<f4", "|u1", "|b1") and must be bool, int, uint, float or complex:
+object and structured dtypes are refused on both sides, which is what keeps the format pickle-free.
+docs/PROTOCOL.md has the byte-level description.
+"""
+import re
+from typing import Any, Callable, List, Optional, Sequence
+
+import msgpack
+import numpy as np
+
+from bridge.errors import MessageTooLargeError, ProtocolError
+from bridge.protocol import DEFAULT_INLINE_LIMIT, DEFAULT_MAX_MESSAGE_BYTES
+
+EXT_FRAME = 1
+EXT_INLINE = 2
+EXT_SHM = 3
+
+_WIRE_DTYPE = re.compile(r"^[<>|=][biufc][0-9]{1,2}$")
+#: the largest number of dimensions an array on the wire may have.
+MAX_NDIM = 8
+
+# Callable(array) -> offset into the shared-memory slot, or None when the array does not fit.
+ShmWriter = Callable[[np.ndarray], Optional[int]]
+# Callable(dtype, shape, offset) -> ndarray view into shared memory.
+ShmReader = Callable[[np.dtype, tuple, int], np.ndarray]
+
+
+def check_array_dtype(dtype: np.dtype) -> None:
+    """Raises ProtocolError unless ``dtype`` may travel on the wire (no objects, no structs)."""
+    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        raise ProtocolError(
+            "arrays of dtype {} cannot be sent: only bool, integer, float and complex arrays travel "
+            "on the wire (object arrays would need pickle, which the bridge never uses)".format(dtype))
+
+
+def _wire_dtype(text: Any) -> np.dtype:
+    if not isinstance(text, str) or not _WIRE_DTYPE.match(text):
+        raise ProtocolError("bad array dtype on the wire: {!r}".format(text))
+    try:
+        dtype = np.dtype(text)
+    except TypeError as e:
+        raise ProtocolError("bad array dtype on the wire: {!r}".format(text)) from e
+    check_array_dtype(dtype)
+    return dtype
+
+
+def _wire_shape(shape: Any) -> tuple:
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+            or not all(isinstance(d, int) and 0 <= d < 2 ** 40 for d in shape)):
+        raise ProtocolError("bad array shape on the wire: {!r}".format(shape))
+    return tuple(shape)
+
+
+def _nbytes(dtype: np.dtype, shape: tuple) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count * dtype.itemsize
+
+
+def _unpack_small(data: bytes) -> Any:
+    """Unpacks an extension value's own msgpack payload (a short list)."""
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError("malformed array descriptor: {}".format(e)) from e
+
+
+class Encoder(object):
+    """Turns one message into frames. Not thread-safe; make one per socket.
+
+    Args:
+        inline_limit: arrays smaller than this many bytes go inline in the header.
+        shm_writer: when given, arrays of at least ``shm_limit`` bytes are offered to it first.
+        shm_limit: see ``shm_writer``.
+    """
+
+    def __init__(self, inline_limit: int = DEFAULT_INLINE_LIMIT) -> None:
+        self.inline_limit = inline_limit
+        self._frames = []  # type: List[Any]
+        self._shm_writer = None  # type: Optional[ShmWriter]
+        self._shm_limit = 0
+
+    def encode(self, message: Any, shm_writer: Optional[ShmWriter] = None,
+               shm_limit: int = 0) -> List[Any]:
+        """Returns ``[header_bytes, buffer, ...]``, ready for ``send_multipart(copy=False)``.
+
+        Raises:
+            ProtocolError: the message holds something msgpack cannot carry (or an object array).
+        """
+        self._frames = []
+        self._shm_writer, self._shm_limit = shm_writer, shm_limit
+        try:
+            header = msgpack.packb(message, use_bin_type=True, default=self._default)
+        except ProtocolError:
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ProtocolError("cannot encode message: {}".format(e)) from e
+        frames, self._frames = [header] + self._frames, []
+        return frames
+
+    def _default(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            return self._array(obj)
+        if isinstance(obj, np.generic):  # numpy scalars become plain msgpack scalars
+            check_array_dtype(obj.dtype)
+            return obj.item()
+        if isinstance(obj, tuple):
+            return list(obj)
+        raise TypeError("cannot serialize {} (only maps, lists, scalars, str, bytes and "
+                        "ndarrays travel on the wire)".format(type(obj).__name__))
+
+    def _array(self, array: np.ndarray) -> msgpack.ExtType:
+        check_array_dtype(array.dtype)
+        array = np.ascontiguousarray(array)
+        dtype, shape = array.dtype.str, list(array.shape)
+        if self._shm_writer is not None and array.nbytes >= self._shm_limit:
+            offset = self._shm_writer(array)
+            if offset is not None:
+                return msgpack.ExtType(EXT_SHM, msgpack.packb([dtype, shape, offset]))
+        if array.nbytes < self.inline_limit:
+            return msgpack.ExtType(EXT_INLINE, msgpack.packb(
+                [dtype, shape, array.tobytes()], use_bin_type=True))
+        self._frames.append(array)  # zero-copy: pyzmq keeps a reference until sent
+        return msgpack.ExtType(EXT_FRAME, msgpack.packb([dtype, shape, len(self._frames) - 1]))
+
+
+def frames_size(frames: Sequence[Any]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+           shm_reader: Optional[ShmReader] = None) -> Any:
+    """Rebuilds a message from ``[header, buffer, ...]`` (bytes, memoryviews or zmq Frames).
+
+    Arrays from frames are read-only views of the received buffers (no copy).
+
+    Raises:
+        MessageTooLargeError: the frames together exceed ``max_message_bytes``.
+        ProtocolError: garbage, truncated or inconsistent frames, forbidden dtypes, unused frames.
+    """
+    if not frames:
+        raise ProtocolError("empty message")
+    buffers = [memoryview(f) for f in frames]
+    total = sum(b.nbytes for b in buffers)
+    if total > max_message_bytes:
+        raise MessageTooLargeError("message of {} bytes exceeds the limit of {} bytes".format(
+            total, max_message_bytes))
+    used = set()
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        fields = _unpack_small(data)
+        if not isinstance(fields, list) or len(fields) != 3:
+            raise ProtocolError("malformed array descriptor: {!r}".format(fields))
+        dtype, shape = _wire_dtype(fields[0]), _wire_shape(fields[1])
+        nbytes = _nbytes(dtype, shape)
+        if code == EXT_INLINE:
+            raw = fields[2]
+            if not isinstance(raw, bytes) or len(raw) != nbytes:
+                raise ProtocolError("inline array: expected {} bytes for {}{}, got {!r:.40}".format(
+                    nbytes, dtype, shape, raw))
+            return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        if code == EXT_FRAME:
+            index = fields[2]
+            if not isinstance(index, int) or not 0 <= index < len(buffers) - 1:
+                raise ProtocolError("array refers to frame {!r} but the message has {} array "
+                                    "frame(s)".format(index, len(buffers) - 1))
+            if index in used:
+                raise ProtocolError("array frame {} referenced twice".format(index))
+            used.add(index)
+            buf = buffers[1 + index]
+            if buf.nbytes != nbytes:
+                raise ProtocolError("array frame {} holds {} bytes but {}{} needs {} (truncated "
+                                    "frame?)".format(index, buf.nbytes, dtype, shape, nbytes))
+            return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        if code == EXT_SHM:
+            if shm_reader is None:
+                raise ProtocolError("message refers to shared memory, which was not negotiated")
+            offset = fields[2]
+            if not isinstance(offset, int) or offset < 0:
+                raise ProtocolError("bad shared-memory offset {!r}".format(offset))
+            return shm_reader(dtype, shape, offset)
+        raise ProtocolError("unknown msgpack extension type {}".format(code))
+
+    try:
+        message = msgpack.unpackb(buffers[0], raw=False, use_list=True, strict_map_key=True,
+                                  ext_hook=ext_hook)
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
+        raise ProtocolError("malformed message header ({} bytes): {}: {}".format(
+            buffers[0].nbytes, type(e).__name__, e)) from e
+    if len(used) != len(buffers) - 1:
+        raise ProtocolError("message has {} array frame(s) but the header uses {}".format(
+            len(buffers) - 1, len(used)))
+    return message

@@ -1,0 +1,39 @@
+"""Protocol constants: version, commands, default ports and limits, each defined once.
+
+Revision history of PROTOCOL_VERSION (major.minor; a major mismatch is an error, a minor one a warning):
+    1.0  first release: hello/reset/step/close/ping/heartbeat, out-of-band array frames, /dev/shm path.
+"""
+from typing import Tuple
+
+PROTOCOL_VERSION = (1, 0)  # type: Tuple[int, int]
+
+DEFAULT_PORT = 5556
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:{}".format(DEFAULT_PORT)
+
+#: commands a client may send.
+HELLO = "hello"
+RESET = "reset"
+STEP = "step"
+CLOSE = "close"
+PING = "ping"
+HEARTBEAT = "heartbeat"
+COMMANDS = (HELLO, RESET, STEP, CLOSE, PING, HEARTBEAT)
+#: commands that need the session opened by hello.
+SESSION_COMMANDS = (RESET, STEP, CLOSE)
+
+#: largest message (all frames together) either side accepts, unless configured otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: arrays at least this large travel in their own frame (zero-copy pays above ~64 KiB: see
+#: ../shared/TRANSPORT_FACTS.md); smaller ones go inline in the msgpack header.
+DEFAULT_INLINE_LIMIT = 64 * 1024
+#: arrays at least this large use the shared-memory path when it was negotiated.
+DEFAULT_SHM_LIMIT = 64 * 1024
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_HEARTBEAT_SECONDS = 1.0
+#: the server ends a session after this many heartbeat intervals without hearing from its trainer.
+HEARTBEAT_MISSES_ALLOWED = 5
+
+
+def version_string(version: Tuple[int, int] = PROTOCOL_VERSION) -> str:
+    return "{}.{}".format(version[0], version[1])

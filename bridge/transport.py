@@ -1,0 +1,111 @@
+"""ZeroMQ plumbing: endpoint checks, socket creation with safe options, connection monitoring.
+
+The client uses a DEALER socket and the server a ROUTER socket. Unlike REQ/REP, a DEALER that timed out
+is still usable (no EFSM state to break): stale replies are told apart by sequence number instead.
+"""
+import re
+import socket
+from typing import Optional, Tuple
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from bridge.errors import BridgeError
+from bridge.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_TCP = re.compile(r"^tcp://(\[[^\]]+\]|[^:/]+):(\d+|\*)$")
+
+
+def parse_tcp_endpoint(endpoint: str) -> Tuple[str, Optional[int]]:
+    """Splits ``tcp://host:port`` into host and port (None for ``*``).
+
+    Raises:
+        BridgeError: not a tcp:// endpoint of that form.
+    """
+    match = _TCP.match(endpoint)
+    if not match:
+        raise BridgeError("bad endpoint {!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556"
+                          .format(endpoint))
+    port = match.group(2)
+    return match.group(1), None if port == "*" else int(port)
+
+
+def check_bind_endpoint(endpoint: str, allow_remote: bool) -> None:
+    """Refuses to listen beyond loopback unless the user asked for it (secure by default).
+
+    Raises:
+        BridgeError: the endpoint is not loopback and ``allow_remote`` is False.
+    """
+    if endpoint.startswith("ipc://"):
+        return
+    host, _ = parse_tcp_endpoint(endpoint)
+    if host not in LOOPBACK_HOSTS and not allow_remote:
+        raise BridgeError(
+            "refusing to bind {}: it accepts connections from other machines and the bridge has no "
+            "authentication. Bind tcp://127.0.0.1:PORT, or pass --allow-remote (allow_remote=True) "
+            "on a trusted network.".format(endpoint))
+
+
+def is_same_host(endpoint: str) -> bool:
+    """True when a client connecting to ``endpoint`` talks to this machine (shm may work)."""
+    if endpoint.startswith("ipc://"):
+        return True
+    try:
+        host, _ = parse_tcp_endpoint(endpoint)
+    except BridgeError:
+        return False
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return host in (socket.gethostname(), socket.getfqdn())
+    except OSError:
+        return False
+
+
+def make_socket(context: zmq.Context, kind: int,
+                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> zmq.Socket:
+    """A socket with LINGER 0 (close never blocks) and a hard cap on inbound frame size.
+
+    The cap is twice the application limit: messages a little too large still arrive and get a typed
+    error reply; absurdly large ones make ZeroMQ drop the connection before buffering them.
+    """
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
+    return sock
+
+
+class ConnectionMonitor(object):
+    """Watches a socket's connection events so a waiting side notices a dead peer at once.
+
+    ``poll_disconnected()`` drains pending events and reports whether the peer connection dropped
+    since the last call (a killed process closes its TCP connections, which ZeroMQ reports).
+    """
+
+    EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.socket = sock.get_monitor_socket(self.EVENTS)
+        self.connected = False
+
+    def poll_disconnected(self) -> bool:
+        dropped = False
+        while self.socket.poll(0):
+            event = recv_monitor_message(self.socket)["event"]
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                self.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connected = False
+                dropped = True
+        return dropped
+
+    def close(self, sock: zmq.Socket) -> None:
+        if self.socket is None:
+            return
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.socket.close(linger=0)
+        self.socket = None
