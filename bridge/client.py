@@ -19,6 +19,7 @@ import zmq
 
 from bridge import protocol
 from bridge.codec import Encoder, decode
+from bridge.protocol import PROTOCOL_VERSION
 from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
                            SessionError, VersionMismatchError, remote_error)
 from bridge.shm import ShmReader, shm_available
@@ -166,7 +167,7 @@ class BridgeClient(object):
         """
         self._end_session_locally()
         body = {
-            "protocol": list(protocol.PROTOCOL_VERSION),
+            "protocol": list(PROTOCOL_VERSION),
             "client": self.client_name,
             "shm": bool(self.use_shm and shm_available() and is_same_host(self.endpoint)),
             "heartbeat_seconds": self.heartbeat_seconds,
@@ -252,7 +253,7 @@ class BridgeClient(object):
     # -- internals -------------------------------------------------------------------------------
 
     def _check_version(self, version: Tuple[int, ...]) -> None:
-        ours = protocol.PROTOCOL_VERSION
+        ours = PROTOCOL_VERSION
         if version[0] != ours[0]:
             raise VersionMismatchError(protocol.version_string(ours), protocol.version_string(version))
         if version[1] != ours[1]:

@@ -121,7 +121,8 @@ class Encoder(object):
 
     def _array(self, array: np.ndarray) -> msgpack.ExtType:
         check_array_dtype(array.dtype)
-        array = np.ascontiguousarray(array)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
         dtype, shape = array.dtype.str, list(array.shape)
         if self._shm_writer is not None and array.nbytes >= self._shm_limit:
             offset = self._shm_writer(array)
@@ -181,7 +182,9 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
             if buf.nbytes != nbytes:
                 raise ProtocolError("array frame {} holds {} bytes but {}{} needs {} (truncated "
                                     "frame?)".format(index, buf.nbytes, dtype, shape, nbytes))
-            return np.frombuffer(buf, dtype=dtype).reshape(shape)
+            array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+            array.setflags(write=False)  # a view of the receive buffer: read-only like the others
+            return array
         if code == EXT_SHM:
             if shm_reader is None:
                 raise ProtocolError("message refers to shared memory, which was not negotiated")
@@ -203,3 +206,19 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
         raise ProtocolError("message has {} array frame(s) but the header uses {}".format(
             len(buffers) - 1, len(used)))
     return message
+
+
+def peek_seq(header: Any) -> Optional[int]:
+    """Best effort: the ``seq`` of a request whose full decoding failed, so its error reply can be
+    matched by the client. Returns None when it cannot be found among the first keys."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(header))
+        unpacker.feed(header)
+        for _ in range(min(unpacker.read_map_header(), 8)):
+            if unpacker.unpack() == "seq":
+                seq = unpacker.unpack()
+                return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+            unpacker.skip()
+    except Exception:  # garbage: no seq to recover
+        pass
+    return None

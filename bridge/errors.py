@@ -58,7 +58,8 @@ class RemoteError(BridgeError):
         self.remote_type = remote_type
         self.remote_message = message
         self.remote_traceback = remote_traceback
-        super().__init__("{} raised on the sim side: {}".format(remote_type, message))
+        # Exception.__init__ directly: the mixed-in classes (VersionMismatchError...) take other args.
+        Exception.__init__(self, "{} raised on the sim side: {}".format(remote_type, message))
 
     def __reduce__(self):
         return (type(self), (self.remote_type, self.remote_message, self.remote_traceback))
@@ -81,6 +82,10 @@ class RemoteVersionError(RemoteError, VersionMismatchError):
 
     def __init__(self, remote_type: str, message: str, remote_traceback: str = "") -> None:
         RemoteError.__init__(self, remote_type, message, remote_traceback)
+        self.local = self.remote = ""  # both versions are named in the server's message
+
+    def __reduce__(self):
+        return RemoteError.__reduce__(self)
 
 
 #: wire error codes (docs/PROTOCOL.md) to the local class raised for them.

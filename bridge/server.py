@@ -16,9 +16,9 @@ import numpy as np
 import zmq
 
 from bridge import protocol
-from bridge.codec import Encoder, decode
-from bridge.errors import (BridgeError, MessageTooLargeError, ProtocolError, SessionError,
-                           VersionMismatchError, wire_code)
+from bridge.codec import Encoder, decode, peek_seq
+from bridge.errors import (BridgeError, ProtocolError, SessionError, VersionMismatchError,
+                           wire_code)
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
 from bridge.spec import WorldSpec, validate_fields
 from bridge.transport import check_bind_endpoint, make_socket
@@ -155,6 +155,8 @@ class BridgeServer(object):
                        and self.session is not None and self.session.shm is not None)
         except Exception as e:  # every failure becomes an error reply; the server stays up
             self._log_failure(e)
+            if seq is None and body_frames:
+                seq = peek_seq(bytes(memoryview(body_frames[0])))
             reply = {"seq": seq, "ok": False, "error": {
                 "code": wire_code(e), "message": str(e),
                 "traceback": "" if isinstance(e, BridgeError) else traceback.format_exc()}}

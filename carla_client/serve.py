@@ -1,0 +1,63 @@
+"""Serves a WorldBackend over the bridge: the glue between bridge.server and a world."""
+import logging
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from bridge.server import SessionHandler
+from carla_client.backend import Tick, VehicleControl, WorldBackend
+
+logger = logging.getLogger(__name__)
+
+
+class WorldSessionHandler(SessionHandler):
+    """Adapts a WorldBackend to the server's SessionHandler and logs the tick rate.
+
+    Args:
+        backend: the world to serve.
+        log_every: seconds between tick-rate log lines.
+    """
+
+    def __init__(self, backend: WorldBackend, log_every: float = 10.0) -> None:
+        self.backend = backend
+        self.log_every = log_every
+        self._ticks = 0
+        self._window_start = time.monotonic()
+        self._last_frame = None  # type: Optional[int]
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.backend.name, "version": self.backend.version,
+                "spec": self.backend.spec()}
+
+    def open_session(self) -> None:
+        self.backend.start()
+
+    def reset(self, seed: Optional[int], options: Dict[str, Any]) -> Dict[str, Any]:
+        return self._reply(self.backend.reset(seed, options))
+
+    def step(self, action: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        tick = self.backend.step(VehicleControl.from_fields(action))
+        if self._last_frame is not None and tick.frame != self._last_frame + 1:
+            logger.warning("frame jumped from %d to %d: the world was ticked by someone else",
+                           self._last_frame, tick.frame)
+        self._count_tick()
+        return self._reply(tick)
+
+    def close_session(self) -> None:
+        self._last_frame = None
+        self.backend.stop()
+
+    def _reply(self, tick: Tick) -> Dict[str, Any]:
+        self._last_frame = tick.frame
+        return {"frame": int(tick.frame), "sim_time": float(tick.sim_time),
+                "observation": tick.observation, "measurements": tick.measurements,
+                "events": tick.events}
+
+    def _count_tick(self) -> None:
+        self._ticks += 1
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= self.log_every:
+            logger.info("%.1f ticks/s over the last %.0f s (frame %s)", self._ticks / elapsed,
+                        elapsed, self._last_frame)
+            self._ticks, self._window_start = 0, time.monotonic()
