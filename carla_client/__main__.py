@@ -120,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    idle_timeout=config.idle_timeout) as server:
             logger.info("serving the %s world (%s) on %s; protocol %s; waiting for a trainer",
                         backend.name, backend.version, server.endpoint, protocol.version_string())
+            # One machine-readable line on stdout: supervisors learn the bound port (--bind ...:0).
+            print("ready {} python {}".format(server.endpoint, sys.version.split()[0]), flush=True)
             server.serve(should_stop=stop)
     except BridgeError as e:
         logger.error("%s", e)

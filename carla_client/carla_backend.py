@@ -1,0 +1,440 @@
+"""CarlaWorld: a WorldBackend that drives a CARLA server in synchronous mode, one tick per step.
+
+See docs/carla_backend.md for how it maps onto CARLA's API and which traps it avoids.
+"""
+import atexit
+import logging
+import math
+import random
+import time
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bridge.errors import BridgeError, SpecError
+from bridge.spec import WorldSpec
+from carla_client import carla_api
+from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
+                                  WorldBackend)
+from carla_client.carla_api import (CarlaConnectionError, CarlaSetupError, CarlaTimeoutError,
+                                    CarlaUnavailableError, SensorTimeoutError)
+from carla_client.carla_sensors import (EventQueue, FrameQueue, configure_blueprint, to_event,
+                                        to_observation)
+from carla_client.sensors import SENSOR_TYPES, SensorConfig, default_sensors, observation_fields
+
+__all__ = ["CarlaWorld", "CarlaConnectionError", "CarlaSetupError", "CarlaTimeoutError",
+           "CarlaUnavailableError", "SensorTimeoutError", "DEFAULT_ROUTE_LENGTH"]
+
+logger = logging.getLogger(__name__)
+
+#: metres of lane travel that count as route_completion 1.0 unless reset's options say otherwise.
+DEFAULT_ROUTE_LENGTH = 1000.0
+
+#: the ego's role name, as CARLA's own tools (manual_control, ros-bridge) name the agent's car.
+EGO_ROLE_NAME = "hero"
+
+#: seconds allowed for loading a town, which takes far longer than ordinary calls.
+LOAD_WORLD_TIMEOUT = 120.0
+
+#: the world settings this backend needs; only those that differ are changed, and restored.
+_SYNC_FIELDS = ("synchronous_mode", "fixed_delta_seconds")
+
+
+class CarlaWorld(WorldBackend):
+    """A CARLA server's world, driven in lockstep: one ``world.tick()`` per ``step``.
+
+    One ego vehicle and its sensors are spawned per session (``start``) and moved, not re-created,
+    on every ``reset``. ``stop`` restores exactly the world and Traffic Manager settings ``start``
+    changed and destroys every actor it spawned, on every path out.
+
+    Args:
+        host, port: the CARLA server's RPC address.
+        sensors: sensor configs (default: a 64x64 chase camera, collision, lane invasion).
+        tick_seconds: the fixed simulation step (``fixed_delta_seconds``).
+        tm_port: the Traffic Manager port, switched to synchronous mode with the world.
+        timeout: seconds allowed for each CARLA call, each tick and each tick's sensor data.
+        vehicle_filter: blueprint filter for the ego; the first match by id is used.
+        seed: seeds the spawn-point choice until ``reset`` gives a seed.
+        town: a map name such as "Town03" to load at ``start`` if another map is loaded.
+        carla_module: the ``carla`` module or a stand-in (tests); imported when None.
+
+    Raises:
+        CarlaUnavailableError: ``carla_module`` is None and ``carla`` cannot be imported.
+        CarlaSetupError: a bad argument.
+    """
+
+    name = "carla"
+    deterministic = False
+
+    def __init__(self, host: str = "localhost", port: int = 2000,
+                 sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
+                 tm_port: int = 8000, timeout: float = 10.0,
+                 vehicle_filter: str = "vehicle.tesla.model3", seed: int = 0,
+                 town: Optional[str] = None, carla_module: Any = None) -> None:
+        self.sensors = default_sensors() if sensors is None else tuple(sensors)
+        unknown = [s.name for s in self.sensors if s.type not in SENSOR_TYPES]
+        if unknown:
+            raise CarlaSetupError("sensors of unknown type: {}".format(unknown))
+        if not (tick_seconds > 0 and timeout > 0):
+            raise CarlaSetupError("tick_seconds and timeout must be positive, got {} and {}".format(
+                tick_seconds, timeout))
+        self.host, self.port, self.tm_port = host, int(port), int(tm_port)
+        self.tick_seconds, self.timeout = float(tick_seconds), float(timeout)
+        self.vehicle_filter, self.town = vehicle_filter, town
+        self._carla = carla_module if carla_module is not None else carla_api.import_carla()
+        self.version = carla_api.module_version(self._carla)
+        self._spec = WorldSpec(tuple(observation_fields(self.sensors)), tuple(MEASUREMENT_SPEC),
+                               tuple(VEHICLE_CONTROL_SPEC), self.tick_seconds)
+        self._rng = random.Random(seed)
+        self._client = None  # type: Any
+        self._world = None  # type: Any
+        self._map = None  # type: Any
+        self._tm = None  # type: Any
+        self._ego = None  # type: Any
+        self._spawn_points = []  # type: List[Any]
+        self._actors = []  # type: List[Any]  # everything spawned, in spawn order
+        self._data_queues = []  # type: List[Tuple[SensorConfig, FrameQueue]]
+        self._event_queues = []  # type: List[Tuple[SensorConfig, EventQueue]]
+        self._listening = []  # type: List[Any]
+        self._restore_settings = {}  # type: Dict[str, Any]  # field -> original value
+        self._tm_sync_set = False
+        self._started = False
+        self.frame = None  # type: Optional[int]
+        self._route_length = DEFAULT_ROUTE_LENGTH
+        self._route_distance = 0.0
+        self._last_location = None  # type: Optional[Tuple[float, float, float]]
+        _LIVE.add(self)
+
+    @property
+    def actor_ids(self) -> List[int]:
+        """Ids of the actors this session spawned (the ego first), for logs and checks."""
+        return [int(a.id) for a in self._actors]
+
+    # -- WorldBackend --------------------------------------------------------------------------
+
+    def spec(self) -> WorldSpec:
+        return self._spec
+
+    def start(self) -> None:
+        """Connects, switches the world (and TM) to synchronous mode, spawns the ego and sensors.
+
+        On failure everything done so far is undone before the error propagates.
+
+        Raises:
+            CarlaConnectionError: no server at host:port.
+            CarlaSetupError: no matching blueprint, no free spawn point, unknown town.
+            CarlaTimeoutError: the settling tick timed out.
+        """
+        if self._started:
+            return
+        try:
+            self._client, self.version = carla_api.connect(self._carla, self.host, self.port,
+                                                           self.timeout)
+            self._world = self._client.get_world()
+            if self.town:
+                self._world = self._load_town(self._world)
+            self._map = self._world.get_map()  # downloads the OpenDRIVE map: once per session
+            self._enter_synchronous_mode()
+            self._spawn_ego()
+            self._attach_sensors()
+            self._started = True
+            self._advance(reset=True)  # spawned actors and sensors settle on one tick
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("CARLA %s at %s:%d: %s, ego %s (id %d), %d sensor(s), tick %g s",
+                    self.version, self.host, self.port, self._map.name, self._ego.type_id,
+                    self._ego.id, len(self._actors) - 1, self.tick_seconds)
+
+    def reset(self, seed: Optional[int], options: Dict[str, Any]) -> Tick:
+        """Moves the ego to a spawn point at rest and ticks once.
+
+        Options: ``spawn_point`` (index into the map's spawn points; seeded choice otherwise) and
+        ``route_length`` (metres that make route_completion 1.0; default DEFAULT_ROUTE_LENGTH).
+
+        Raises:
+            SpecError: a bad option.
+        """
+        self._require_started("reset")
+        options = options or {}
+        try:
+            route_length = float(options.get("route_length", DEFAULT_ROUTE_LENGTH))
+        except (TypeError, ValueError) as e:
+            raise SpecError("option route_length must be a number: {}".format(e)) from e
+        if not (route_length > 0 and math.isfinite(route_length)):
+            raise SpecError("option route_length must be positive, got {}".format(route_length))
+        index = options.get("spawn_point")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)
+                                  or not 0 <= index < len(self._spawn_points)):
+            raise SpecError("option spawn_point must be an index below {}, got {!r}".format(
+                len(self._spawn_points), index))
+        if seed is not None:
+            self._rng = random.Random(seed)
+        if index is None:
+            index = self._rng.randrange(len(self._spawn_points))
+        self._route_length = route_length
+        carla = self._carla
+        self._ego.set_transform(self._spawn_points[index])
+        carla_api.set_still(carla, self._ego)
+        self._ego.apply_control(carla.VehicleControl())
+        return self._advance(reset=True)
+
+    def step(self, control: VehicleControl) -> Tick:
+        self._require_started("step")
+        self._ego.apply_control(carla_api.vehicle_control(
+            self._carla, control.throttle, control.steer, control.brake, control.hand_brake,
+            control.reverse))
+        return self._advance(reset=False)
+
+    def stop(self) -> None:
+        """Stops sensors, destroys every spawned actor, restores the settings start changed.
+
+        Idempotent and safe after a failed or partial start. Failures are logged, not raised,
+        so that the remaining steps still run and an error in flight is not masked; an interrupt
+        (KeyboardInterrupt) leaves the unfinished steps for the next call.
+        """
+        while self._listening:
+            sensor = self._listening[-1]
+            try:
+                sensor.stop()
+            except Exception as e:
+                logger.warning("could not stop sensor %s: %s", getattr(sensor, "id", "?"), e)
+            self._listening.pop()
+        if self._actors:
+            try:
+                # sensors before the vehicle they ride on (reverse spawn order)
+                self._client.apply_batch(carla_api.destroy_commands(
+                    self._carla, reversed(self._actors)))
+            except Exception as e:
+                logger.error("could not destroy actors %s: %s", [a.id for a in self._actors], e)
+            self._actors = []
+        if self._restore_settings:
+            try:
+                settings = self._world.get_settings()
+                for field, value in self._restore_settings.items():
+                    setattr(settings, field, value)
+                self._world.apply_settings(settings)
+            except Exception as e:
+                logger.error(
+                    "could not restore the CARLA world settings %s at %s:%d (%s): the server may "
+                    "stay in synchronous mode and wait for ticks forever; restart it or run "
+                    "`python PythonAPI/util/config.py --no-sync`", self._restore_settings,
+                    self.host, self.port, e)
+            self._restore_settings = {}
+        if self._tm_sync_set:
+            try:
+                if self._tm is not None:
+                    self._tm.set_synchronous_mode(False)
+            except Exception as e:
+                logger.error("could not switch the Traffic Manager on port %d back to asynchronous "
+                             "mode: %s", self.tm_port, e)
+            self._tm_sync_set = False
+        self._ego, self._tm, self._map, self._world, self._client = None, None, None, None, None
+        self._data_queues, self._event_queues, self._spawn_points = [], [], []
+        self._started = False
+        self.frame = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def _load_town(self, world: Any) -> Any:
+        current = str(world.get_map().name).rsplit("/", 1)[-1]
+        if current == self.town:
+            return world
+        logger.info("loading %s (was %s)", self.town, current)
+        self._client.set_timeout(max(self.timeout, LOAD_WORLD_TIMEOUT))
+        try:
+            return self._client.load_world(self.town)
+        except RuntimeError as e:
+            try:
+                available = ", ".join(sorted(self._client.get_available_maps()))
+            except RuntimeError:
+                available = "unknown (the server did not answer)"
+            raise CarlaSetupError("cannot load town {!r}: {}; available: {}".format(
+                self.town, e, available)) from e
+        finally:
+            self._client.set_timeout(self.timeout)
+
+    def _enter_synchronous_mode(self) -> None:
+        """Changes only the settings that differ, remembering their originals first."""
+        settings = self._world.get_settings()
+        wanted = {"synchronous_mode": True, "fixed_delta_seconds": self.tick_seconds}
+        changed = {field: getattr(settings, field) for field in _SYNC_FIELDS
+                   if not _same(getattr(settings, field), wanted[field])}
+        if getattr(settings, "no_rendering_mode", False) and any(
+                s.type.startswith("sensor.camera") for s in self.sensors):
+            logger.warning("the CARLA world is in no-rendering mode: cameras will deliver no "
+                           "useful images (this backend leaves that setting alone)")
+        if settings.synchronous_mode:
+            logger.warning(
+                "the CARLA world is already in synchronous mode (another client ticks it, or an "
+                "earlier run died without restoring it); this backend will tick it and leave "
+                "synchronous mode on when it stops")
+        if getattr(settings, "substepping", False) and self.tick_seconds > (
+                settings.max_substep_delta_time * settings.max_substeps + 1e-9):
+            logger.warning("tick %g s exceeds max_substep_delta_time x max_substeps (%g x %d): "
+                           "CARLA's physics will be inaccurate", self.tick_seconds,
+                           settings.max_substep_delta_time, settings.max_substeps)
+        if not changed:
+            return
+        self._restore_settings = changed  # before applying: a timed-out apply may still land
+        if "synchronous_mode" in changed:
+            # only the client that made the world synchronous owns the TM's mode
+            # (generate_traffic.py's synchronous_master)
+            self._tm_sync_set = True
+            self._tm = self._client.get_trafficmanager(self.tm_port)
+            self._tm.set_synchronous_mode(True)
+        for field in changed:
+            setattr(settings, field, wanted[field])
+        self._world.apply_settings(settings)
+
+    def _spawn_ego(self) -> None:
+        library = self._world.get_blueprint_library()
+        candidates = sorted(library.filter(self.vehicle_filter), key=lambda bp: bp.id)
+        if not candidates:
+            raise CarlaSetupError("no vehicle blueprint matches {!r} (try 'vehicle.tesla.model3' or "
+                                  "'vehicle.*')".format(self.vehicle_filter))
+        blueprint = candidates[0]
+        if blueprint.has_attribute("role_name"):
+            blueprint.set_attribute("role_name", EGO_ROLE_NAME)
+        self._spawn_points = list(self._map.get_spawn_points())
+        if not self._spawn_points:
+            raise CarlaSetupError("map {} has no spawn points".format(self._map.name))
+        order = list(range(len(self._spawn_points)))
+        self._rng.shuffle(order)
+        for index in order:  # try_spawn_actor returns None where something is in the way
+            actor = self._world.try_spawn_actor(blueprint, self._spawn_points[index])
+            if actor is not None:
+                self._actors.append(actor)
+                self._ego = actor
+                return
+        raise CarlaSetupError("could not spawn {} at any of the {} spawn points of {}: all "
+                              "occupied?".format(blueprint.id, len(order), self._map.name))
+
+    def _attach_sensors(self) -> None:
+        carla = self._carla
+        library = self._world.get_blueprint_library()
+        for config in self.sensors:
+            try:
+                blueprint = configure_blueprint(library.find(config.type), config,
+                                                self.tick_seconds)
+                place = carla_api.transform(carla, config.x, config.y, config.z, config.pitch,
+                                            config.yaw, config.roll)
+                actor = self._world.spawn_actor(blueprint, place, attach_to=self._ego)
+            except (IndexError, RuntimeError) as e:
+                raise CarlaSetupError("cannot spawn sensor {!r} ({}): {}".format(
+                    config.name, config.type, e)) from e
+            self._actors.append(actor)  # tracked at once: a later failure still destroys it
+            if config.is_event:
+                event_queue = EventQueue(config)
+                self._event_queues.append((config, event_queue))
+                actor.listen(event_queue.put)
+            else:
+                frame_queue = FrameQueue(config)
+                self._data_queues.append((config, frame_queue))
+                actor.listen(frame_queue.put)
+            self._listening.append(actor)
+
+    # -- ticking -------------------------------------------------------------------------------
+
+    def _require_started(self, what: str) -> None:
+        if not self._started:
+            raise BridgeError("CarlaWorld.{}() called outside a session: call start() first".format(
+                what))
+
+    def _advance(self, reset: bool) -> Tick:
+        """Ticks once and gathers that frame's sensor data, events and measurements."""
+        frame = carla_api.tick(self._world, self.timeout, "{}:{}".format(self.host, self.port))
+        self.frame = frame
+        deadline = time.monotonic() + self.timeout
+        observation = {config.name: to_observation(config, frame_queue.get(frame, deadline))
+                       for config, frame_queue in self._data_queues}
+        events = []  # type: List[Dict[str, Any]]
+        for config, event_queue in self._event_queues:
+            if reset:  # the previous episode's events and the teleport's own belong to no one
+                event_queue.discard_through(frame)
+            else:
+                events.extend(to_event(config, e) for e in event_queue.collect(frame))
+        events.sort(key=lambda e: e["frame"])
+        sim_time = float(self._world.get_snapshot().timestamp.elapsed_seconds)
+        return Tick(frame, sim_time, observation, self._measure(reset), events)
+
+    def _measure(self, reset: bool) -> Dict[str, Any]:
+        """MEASUREMENT_SPEC's values from the ego's state and the lane under it.
+
+        lateral_offset: horizontal distance from the lane centre (the nearest driving-lane
+        waypoint) along the waypoint's right vector. route_distance: the ego's displacement each
+        tick projected onto the forward vector of the lane under it at the end of the tick, summed
+        since reset.
+        """
+        carla = self._carla
+        transform = self._ego.get_transform()
+        location = carla_api.location_tuple(transform.location)
+        velocity = carla_api.location_tuple(self._ego.get_velocity())
+        acceleration = carla_api.location_tuple(self._ego.get_acceleration())
+        driving = carla.LaneType.Driving
+        lane = self._map.get_waypoint(transform.location, project_to_road=True, lane_type=driving)
+        on_lane = self._map.get_waypoint(transform.location, project_to_road=False,
+                                         lane_type=driving)
+        lateral, heading_error, forward = 0.0, 0.0, None
+        if lane is not None:
+            centre = lane.transform
+            forward, right = lane_axes(centre.rotation.yaw, centre.rotation.pitch)
+            offset = np.subtract(location, carla_api.location_tuple(centre.location))
+            lateral = float(offset[0] * right[0] + offset[1] * right[1])
+            heading_error = math.radians(wrap_degrees(transform.rotation.yaw - centre.rotation.yaw))
+        if reset or self._last_location is None:
+            self._route_distance = 0.0
+        elif forward is not None:
+            self._route_distance += float(np.dot(np.subtract(location, self._last_location),
+                                                 forward))
+        self._last_location = location
+        return {
+            "location": np.array(location, dtype=np.float64),
+            "yaw": wrap_degrees(transform.rotation.yaw),
+            "velocity": np.array(velocity, dtype=np.float64),
+            "speed": float(math.sqrt(sum(v * v for v in velocity))),
+            "acceleration": np.array(acceleration, dtype=np.float64),
+            "lateral_offset": lateral,
+            "heading_error": heading_error,
+            "route_distance": self._route_distance,
+            "route_completion": self._route_distance / self._route_length,
+            "off_road": on_lane is None,
+        }
+
+
+def lane_axes(yaw: float, pitch: float) -> Tuple[Tuple[float, float, float], Tuple[float, float]]:
+    """The unit forward vector and horizontal right vector of a rotation given in degrees.
+
+    The same as ``carla.Transform.get_forward_vector()`` and, for roll 0, the x and y of
+    ``get_right_vector()`` (CARLA's left-handed axes: x forward, y right, z up), computed here so
+    that no per-tick call crosses into libcarla and older clients work alike.
+    """
+    cy, sy = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+    cp, sp = math.cos(math.radians(pitch)), math.sin(math.radians(pitch))
+    return (cp * cy, cp * sy, sp), (-sy, cy)
+
+
+def wrap_degrees(angle: float) -> float:
+    """``angle`` in degrees wrapped to [-180, 180)."""
+    return (float(angle) + 180.0) % 360.0 - 180.0
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    if isinstance(wanted, float):
+        return current is not None and abs(float(current) - wanted) < 1e-9
+    return bool(current) == wanted
+
+
+#: every CarlaWorld not yet collected; stopped at interpreter exit as a last safety net for code
+#: that forgot ``close()`` (the server would otherwise stay synchronous and freeze).
+_LIVE = weakref.WeakSet()  # type: weakref.WeakSet
+
+
+@atexit.register
+def _stop_all() -> None:
+    for world in list(_LIVE):
+        try:
+            world.stop()
+        except Exception:  # at exit there is no one left to tell but the log
+            logger.exception("stopping a CARLA world at exit failed")
