@@ -1,0 +1,268 @@
+"""BuiltinWorld: a small deterministic driving simulator whose data is shaped like CARLA's.
+
+The circuit depends on the constructor's ``seed`` only; the seed given to ``reset`` drives episode
+randomness (random start, NPC placement and speeds). The clock restarts at every reset: the reset
+tick is frame 0 at sim_time 0, and each step adds one frame and ``tick_seconds``.
+"""
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bridge.errors import ProtocolError, SpecError
+from bridge.spec import WorldSpec
+from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
+                                  WorldBackend)
+from carla_client.builtin.render import Camera
+from carla_client.builtin.road import TrackParams, cached_track, wrap_angle
+from carla_client.builtin.route import Projection, RouteTracker
+from carla_client.builtin.texture import build_texture
+from carla_client.builtin.traffic import Traffic
+from carla_client.builtin.vehicle import (VehicleParams, VehicleState, advance, body_points,
+                                          boxes_overlap, wheel_points)
+from carla_client.sensors import (CAMERA_TYPES, COLLISION, LANE_INVASION, LIDAR, SensorConfig,
+                                  default_sensors, observation_fields)
+
+#: reset options and what they do (documented in docs/builtin_world.md).
+RESET_OPTIONS = {
+    "random_start": "start at a random point of the route with a small lateral and heading jitter",
+    "start_distance": "start this many metres along the route (default 0: the start line)",
+    "start_speed": "initial forward speed in m/s (default 0)",
+}
+RANDOM_START_LATERAL = 0.5  # metres either side of the lane centre
+RANDOM_START_HEADING = 0.1  # radians either side of the lane direction
+
+
+def _seed_words(seed: int, salt: int) -> List[int]:
+    """Any Python int (negative or beyond 32 bits) as a RandomState seed array."""
+    seed = int(seed)
+    return [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, (seed >> 64) & 0xFFFFFFFF, salt]
+
+
+class BuiltinWorld(WorldBackend):
+    """A seeded two-lane circuit with a kinematic-bicycle ego, optional NPCs, cameras and events.
+
+    Args:
+        sensors: sensor configs (default: ``default_sensors()``); LiDAR is CARLA-only.
+        tick_seconds: fixed simulation step.
+        seed: the world seed; it alone decides the circuit.
+        npc_vehicles: number of NPC cars (alternating lanes).
+        vehicle: ego (and NPC body) parameters.
+        track: circuit generation parameters.
+        texture_resolution: metres per ground-texture texel (finer: sharper, slower to build).
+
+    Raises:
+        SpecError: an unsupported sensor, a bad camera, a bad tick or too many NPCs.
+    """
+
+    name = "builtin"
+    version = "1.0"
+    deterministic = True
+
+    def __init__(self, sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
+                 seed: int = 0, npc_vehicles: int = 0, vehicle: VehicleParams = VehicleParams(),
+                 track: TrackParams = TrackParams(), texture_resolution: float = 0.15) -> None:
+        tick_seconds = float(tick_seconds)
+        if not (math.isfinite(tick_seconds) and 0.0 < tick_seconds <= 0.5):
+            raise SpecError("tick_seconds must be in (0, 0.5], got {!r}".format(tick_seconds))
+        self.sensors = tuple(default_sensors() if sensors is None else sensors)
+        for sensor in self.sensors:
+            if sensor.type == LIDAR:
+                raise SpecError("sensor {!r}: sensor.lidar.ray_cast is only available with the "
+                                "CARLA backend (--world carla); remove it from the sensor config "
+                                "for the built-in world".format(sensor.name))
+        self.tick_seconds = tick_seconds
+        self.seed = int(seed)
+        self.vehicle = vehicle
+        self.track = cached_track(self.seed, track)
+        cameras = [s for s in self.sensors if s.type in CAMERA_TYPES]
+        texture = build_texture(self.track, float(texture_resolution)) if cameras else None
+        self._cameras = [Camera(s, texture, vehicle) for s in cameras]
+        self._report_collisions = any(s.type == COLLISION for s in self.sensors)
+        self._report_invasions = any(s.type == LANE_INVASION for s in self.sensors)
+        self.traffic = Traffic(self.track, int(npc_vehicles))
+        self._tracker = RouteTracker(self.track.route)
+        self._spec = WorldSpec(tuple(observation_fields(self.sensors)), MEASUREMENT_SPEC,
+                               VEHICLE_CONTROL_SPEC, tick_seconds)
+        self._rng = np.random.RandomState(_seed_words(self.seed, 0x65706973))
+        params = track
+        edge = params.half_width - params.line_width / 2.0
+        self._markings = ((-edge, "Solid"), (0.0, "Broken"), (edge, "Solid"))
+        self._half_lane = params.lane_width / 2.0
+        self._body = body_points(vehicle)
+        self._wheels = wheel_points(vehicle)
+        self._state = None  # type: Optional[VehicleState]
+        self._frame = 0
+        self._route_distance = 0.0
+        self._wheel_offsets = ()  # type: Tuple[float, ...]
+
+    # -- WorldBackend ----------------------------------------------------------------------------
+
+    def spec(self) -> WorldSpec:
+        return self._spec
+
+    def stop(self) -> None:
+        self._state = None  # the next session starts with a reset
+
+    def reset(self, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None) -> Tick:
+        """Places the ego on the route and returns frame 0.
+
+        Raises:
+            SpecError: an unknown option or a bad option value.
+        """
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise SpecError("unknown reset option(s) {}; the built-in world knows {}".format(
+                unknown, sorted(RESET_OPTIONS)))
+        if seed is not None:
+            self._rng = np.random.RandomState(_seed_words(seed, 0x65706973))
+        route = self.track.route
+        try:
+            distance = float(options.get("start_distance", 0.0))
+            speed = float(options.get("start_speed", 0.0))
+        except (TypeError, ValueError) as e:
+            raise SpecError("start_distance and start_speed must be numbers: {}".format(e)) from e
+        if not (math.isfinite(distance) and math.isfinite(speed) and 0.0 <= speed <= 30.0):
+            raise SpecError("need a finite start_distance and start_speed in [0, 30] m/s, got "
+                            "{!r}, {!r}".format(distance, speed))
+        lateral = heading_jitter = 0.0
+        if bool(options.get("random_start", False)):
+            distance = self._rng.uniform(0.0, route.length)
+            lateral = self._rng.uniform(-RANDOM_START_LATERAL, RANDOM_START_LATERAL)
+            heading_jitter = self._rng.uniform(-RANDOM_START_HEADING, RANDOM_START_HEADING)
+        xs, ys, headings = route.pose_at(np.array([distance]))
+        x, y, heading = float(xs[0]), float(ys[0]), float(headings[0])
+        x, y = x - lateral * math.sin(heading), y + lateral * math.cos(heading)
+        self._state = VehicleState(x, y, wrap_angle(heading + heading_jitter), speed)
+        projection = self._tracker.locate(x, y)
+        self.traffic.reset(self._rng, self._ego_lanes(projection))
+        self._frame = 0
+        self._route_distance = 0.0
+        self._wheel_offsets = self._offsets(self._state, projection, self._wheels)
+        return self._tick(self._state, self._state, projection, [])
+
+    def step(self, control: VehicleControl) -> Tick:
+        """Advances one tick under ``control``.
+
+        Raises:
+            ProtocolError: step before reset.
+        """
+        if self._state is None:
+            raise ProtocolError("step() before reset(): the built-in world needs a reset first")
+        previous, before = self._state, self._tracker.last
+        moved = advance(previous, control, self.vehicle, self.tick_seconds)
+        projection = self._tracker.peek(moved.x, moved.y)
+        self.traffic.step(self.tick_seconds, self._ego_lanes(projection))
+        events = []  # type: List[Dict[str, Any]]
+        frame = self._frame + 1
+        hit = self._collision(moved, projection)
+        if hit is not None:
+            state = previous.copy()
+            state.steer = moved.steer
+            state.stop()
+            projection = before
+            self._stop_npcs_touching(state)
+            if self._report_collisions:
+                events.append({"type": "collision", "frame": frame, "other": hit[0],
+                               "intensity": hit[1]})
+        else:
+            state = moved
+            self._tracker.last = projection
+        self._route_distance += wrap_angle_distance(projection.distance - before.distance,
+                                                    self.track.length)
+        offsets = self._offsets(state, projection, self._wheels)
+        crossed = self._crossed(self._wheel_offsets, offsets)
+        self._wheel_offsets = offsets
+        if crossed and self._report_invasions:
+            events.append({"type": "lane_invasion", "frame": frame, "markings": crossed})
+        self._frame = frame
+        self._state = state
+        return self._tick(previous, state, projection, events)
+
+    # -- physics helpers -------------------------------------------------------------------------
+
+    def _offsets(self, state: VehicleState, projection: Projection,
+                 points: Sequence[Tuple[float, float]]) -> Tuple[float, ...]:
+        """Signed distances of body points from the road's centre line (right positive)."""
+        error = state.yaw - projection.heading
+        s, c = math.sin(error), math.cos(error)
+        centre = projection.lateral + self._half_lane
+        return tuple(centre + fx * s + fy * c for fx, fy in points)
+
+    def _crossed(self, before: Sequence[float], after: Sequence[float]) -> List[str]:
+        crossed = []  # type: List[str]
+        for position, kind in self._markings:
+            if any((a < position) != (b < position) for a, b in zip(before, after)):
+                if kind not in crossed:
+                    crossed.append(kind)
+        return crossed
+
+    def _collision(self, moved: VehicleState, projection: Projection
+                   ) -> Optional[Tuple[str, float]]:
+        """("barrier" or "vehicle", normal impulse in N*s) when the moved ego hits something."""
+        barrier = self.track.params.barrier_offset
+        if any(abs(d) > barrier for d in self._offsets(moved, projection, self._body)):
+            return "barrier", self.vehicle.mass * abs(moved.speed)
+        if self.traffic.count:
+            x, y, yaw = self.traffic.poses_arrays()
+            pose = (moved.x, moved.y, moved.yaw)
+            for i in np.flatnonzero(np.hypot(x - moved.x, y - moved.y) < 6.0):
+                if boxes_overlap(pose, (x[i], y[i], yaw[i]), self.vehicle):
+                    npc_v = self.traffic.speed[i]
+                    dvx = moved.vx - npc_v * math.cos(yaw[i])
+                    dvy = moved.vy - npc_v * math.sin(yaw[i])
+                    self.traffic.hold(int(i))
+                    return "vehicle", self.vehicle.mass * math.hypot(dvx, dvy)
+        return None
+
+    def _stop_npcs_touching(self, state: VehicleState) -> None:
+        """After the ego was pushed back, NPCs that still overlap it undo their move too."""
+        if not self.traffic.count:
+            return
+        x, y, yaw = self.traffic.poses_arrays()
+        for i in np.flatnonzero(np.hypot(x - state.x, y - state.y) < 6.0):
+            if boxes_overlap((state.x, state.y, state.yaw), (x[i], y[i], yaw[i]), self.vehicle):
+                self.traffic.hold(int(i))
+
+    def _ego_lanes(self, projection: Projection) -> List[Tuple[int, float]]:
+        """The (lane, sigma) positions the ego blocks for NPC car-following."""
+        lanes = []
+        if projection.lateral > -self._half_lane - 1.0:
+            lanes.append((0, projection.distance))
+        if projection.lateral < -self._half_lane + 1.0:
+            lanes.append((1, self.track.left_distance(projection.index)))
+        return lanes
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def _tick(self, previous: VehicleState, state: VehicleState, projection: Projection,
+              events: List[Dict[str, Any]]) -> Tick:
+        dt = self.tick_seconds
+        centre = projection.lateral + self._half_lane
+        measurements = {
+            "location": np.array([state.x, state.y, 0.0]),
+            "yaw": math.degrees(wrap_angle(state.yaw)),
+            "velocity": np.array([state.vx, state.vy, 0.0]),
+            "speed": math.hypot(state.vx, state.vy),
+            "acceleration": np.array([(state.vx - previous.vx) / dt, (state.vy - previous.vy) / dt,
+                                      0.0]),
+            "lateral_offset": projection.lateral,
+            "heading_error": wrap_angle(state.yaw - projection.heading),
+            "route_distance": self._route_distance,
+            "route_completion": self._route_distance / self.track.length,
+            "off_road": abs(centre) > self.track.params.half_width,
+        }
+        observation = {}  # type: Dict[str, np.ndarray]
+        if self._cameras:
+            pose = (state.x, state.y, state.yaw)
+            vehicles = self.traffic.poses_arrays() + (self.traffic.colour,) \
+                if self.traffic.count else None
+            for camera in self._cameras:
+                observation[camera.name] = camera.render(pose, vehicles)
+        return Tick(self._frame, self._frame * dt, observation, measurements, events)
+
+
+def wrap_angle_distance(delta: float, length: float) -> float:
+    """Wraps an arc-length difference on a loop of ``length`` to [-length/2, length/2)."""
+    return (delta + 0.5 * length) % length - 0.5 * length
