@@ -55,6 +55,13 @@ class WorldServerCompliance(object):
     def test_reset_returns_a_tick_matching_the_spec(self, client):
         assert_matches_spec(client.info.spec, client.reset(seed=1))
 
+    def test_frames_never_repeat_across_episodes(self, client):
+        seen = []
+        for episode in range(3):
+            seen.append(client.reset(seed=episode).frame)
+            seen.extend(client.step(NEUTRAL).frame for _ in range(3))
+        assert seen == sorted(set(seen)), "a frame id was repeated"
+
     def test_each_step_advances_exactly_one_tick(self, client):
         tick = client.info.spec.tick_seconds
         previous = client.reset(seed=1)
@@ -80,9 +87,11 @@ class WorldServerCompliance(object):
         def rollout():
             replies = [client.reset(seed=7)]
             replies += [client.step(drive(i)) for i in range(40)]
-            return [(sorted((k, v.tobytes()) for k, v in r.observation.items()),
+            start = replies[0].frame  # frame ids run on across episodes, like CARLA's
+            return [(r.frame - start,
+                     sorted((k, v.tobytes()) for k, v in r.observation.items()),
                      sorted((k, np.asarray(v).tobytes()) for k, v in r.measurements.items()),
-                     r.events) for r in replies]
+                     [dict(e, frame=e["frame"] - start) for e in r.events]) for r in replies]
 
         assert rollout() == rollout()
 

@@ -1,8 +1,9 @@
 """BuiltinWorld: a small deterministic driving simulator whose data is shaped like CARLA's.
 
 The circuit depends on the constructor's ``seed`` only; the seed given to ``reset`` drives episode
-randomness (random start, NPC placement and speeds). The clock restarts at every reset: the reset
-tick is frame 0 at sim_time 0, and each step adds one frame and ``tick_seconds``.
+randomness (random start, NPC placement and speeds). The clock runs on like CARLA's in synchronous
+mode: every tick, resets included (as the CARLA backend ticks once to settle a reset), adds one frame
+and ``tick_seconds``, so frame ids never repeat within a process.
 """
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -105,7 +106,7 @@ class BuiltinWorld(WorldBackend):
         self._state = None  # the next session starts with a reset
 
     def reset(self, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None) -> Tick:
-        """Places the ego on the route and returns frame 0.
+        """Places the ego on the route and returns that tick (the next frame).
 
         Raises:
             SpecError: an unknown option or a bad option value.
@@ -137,7 +138,7 @@ class BuiltinWorld(WorldBackend):
         self._state = VehicleState(x, y, wrap_angle(heading + heading_jitter), speed)
         projection = self._tracker.locate(x, y)
         self.traffic.reset(self._rng, self._ego_lanes(projection))
-        self._frame = 0
+        self._frame += 1
         self._route_distance = 0.0
         self._wheel_offsets = self._offsets(self._state, projection, self._wheels)
         return self._tick(self._state, self._state, projection, [])
