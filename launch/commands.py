@@ -1,0 +1,122 @@
+"""The command lines the launcher runs: what a user would type in a terminal of their own (docs/launch.md)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from launch.config import REPO_ROOT, LaunchConfig, find_input
+
+#: agent config keys the launcher sets itself (from its own config) on the trainer's command line.
+LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child: the repository importable, unbuffered output for the logs.
+
+    PYTHONPATH is replaced, not extended: the launcher's may point at another Python version's packages.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
+    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``."""
+    assert config.carla.executable, "carla_server_argv needs carla.executable"
+    executable = str(find_input(config.carla.executable))
+    return [executable, "-RenderOffScreen", f"-carla-rpc-port={config.carla.rpc_port(index)}",
+            *config.carla.extra_args]
+
+
+def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
+    """``<sim python> -m carla_client --world W --bind tcp://host:(base_port + index) ...``."""
+    clients = config.clients
+    argv = [sim_python, "-m", clients.module, "--world", config.world_kind,
+            "--bind", clients.endpoints()[index], "--seed", str(clients.seed + index)]
+    if config.world_kind == "carla":
+        argv += ["--host", config.carla.host, "--port", str(config.carla.rpc_port(index)),
+                 "--tm-port", str(config.carla.tm_port + index)]
+    if clients.sensors:
+        argv += ["--sensors", str(find_input(clients.sensors))]
+    return argv + list(clients.extra_args)
+
+
+def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Separates ``run_name=``/``runs_dir=`` (which the launcher must know too) from the other overrides.
+
+    Returns:
+        ({"run_name": ..., "runs_dir": ...} for those given, the remaining overrides in order).
+    """
+    known: dict[str, str] = {}
+    rest: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() in ("run_name", "runs_dir"):
+            known[key.strip()] = value.strip()
+        else:
+            rest.append(item)
+    return known, rest
+
+
+def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_dir: Path,
+                 endpoints: Sequence[str], overrides: Sequence[str], resume: Path | None = None
+                 ) -> list[str]:
+    """``<trainer python> -m agent.train --config C --run-name R runs_dir=D endpoints=... [overrides]``.
+
+    With ``resume``: ``-m agent.train --resume CHECKPOINT endpoints=... [overrides]`` (the run's own
+    config.yaml and directory). ``env.reconnect=true`` comes before the user's overrides: a restarted
+    carla_client is useless unless the env reconnects to it.
+    """
+    if resume is not None:
+        head = ["--resume", str(resume.expanduser().resolve())]
+    else:
+        head = ["--config", str(find_input(config.trainer.config)), "--run-name", run_name,
+                f"runs_dir={runs_dir}"]
+    return [trainer_python, "-m", config.trainer.module, *head,
+            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *overrides]
+
+
+def run_dir_of(resume: Path) -> Path:
+    """The run directory of ``--resume``'s argument: a run directory, or a zip in it or its checkpoints/."""
+    resume = resume.expanduser().resolve()
+    if resume.is_dir():
+        return resume
+    parent = resume.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def tensorboard_argv(config: LaunchConfig, trainer_python: str, logdir: Path, port: int) -> list[str]:
+    """``<trainer python> -m tensorboard.main --logdir runs/<run> --host H --port P``."""
+    tb = config.tensorboard
+    return [trainer_python, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", tb.host,
+            "--port", str(port), "--reload_interval", f"{tb.reload_interval:g}", *tb.extra_args]
+
+
+# Under the sim's interpreter (down to 3.6): switch a CARLA world (and its Traffic Manager) back to
+# asynchronous mode. carla_client restores what it changed when stopped, but a client killed with
+# SIGKILL cannot, and its restarted successor finds the world synchronous and leaves it so.
+_RESTORE_ASYNC = r"""
+import sys
+import carla
+client = carla.Client(sys.argv[1], int(sys.argv[2]))
+client.set_timeout(10.0)
+world = client.get_world()
+settings = world.get_settings()
+if settings.synchronous_mode:
+    settings.synchronous_mode = False
+    settings.fixed_delta_seconds = None
+    world.apply_settings(settings)
+    client.get_trafficmanager(int(sys.argv[3])).set_synchronous_mode(False)
+    print("switched back to asynchronous mode")
+else:
+    print("already asynchronous")
+"""
+
+
+def restore_async_argv(sim_python: str, host: str, port: int, tm_port: int) -> list[str]:
+    """``<sim python> -c ... HOST PORT TM_PORT``: leaves a CARLA server asynchronous (so it cannot freeze)."""
+    return [sim_python, "-c", _RESTORE_ASYNC, host, str(port), str(tm_port)]

@@ -1,0 +1,303 @@
+"""The launcher's configuration: configs/default.yaml, a user file merged over it, ``a.b=value`` overrides."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+ENVS_JSON = REPO_ROOT / ".venvs" / "envs.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpreters:
+    sim_python: str | None
+    trainer_python: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CarlaSection:
+    """CARLA server i (one per carla_client) listens on ``port + i * port_stride``."""
+
+    executable: str | None
+    host: str
+    port: int
+    port_stride: int
+    tm_port: int
+    extra_args: tuple[str, ...]
+    start_timeout: float
+    stop_timeout: float
+
+    def rpc_port(self, index: int) -> int:
+        return self.port + index * self.port_stride
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientsSection:
+    module: str
+    count: int
+    host: str
+    base_port: int
+    sensors: str | None
+    seed: int
+    extra_args: tuple[str, ...]
+    ready_timeout: float
+    stop_timeout: float
+
+    def endpoints(self) -> list[str]:
+        return [f"tcp://{self.host}:{self.base_port + i}" for i in range(self.count)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartSection:
+    max_in_window: int
+    window_seconds: float
+    max_total: int
+    backoff_initial: float
+    backoff_max: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSection:
+    module: str
+    config: str
+    overrides: tuple[str, ...]
+    stop_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorBoardSection:
+    enabled: bool
+    host: str
+    port: int
+    reload_interval: float
+    extra_args: tuple[str, ...]
+    ready_timeout: float
+    stop_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """The resolved configuration (see launch/configs/default.yaml for every key's meaning)."""
+
+    run_name: str | None
+    runs_dir: str
+    interpreters: Interpreters
+    world: str
+    carla: CarlaSection
+    clients: ClientsSection
+    restart: RestartSection
+    trainer: TrainerSection
+    tensorboard: TensorBoardSection
+
+    @property
+    def world_kind(self) -> str:
+        """``builtin`` or ``carla`` (``auto`` resolved by whether a CARLA executable is configured)."""
+        if self.world == "auto":
+            return "carla" if self.carla.executable else "builtin"
+        return self.world
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> LaunchConfig:
+    """Reads the defaults, merges ``path`` over them and applies ``overrides``.
+
+    Raises:
+        ValueError: a file that is not a mapping, an unknown key, a malformed override or a value of
+            the wrong type.
+    """
+    raw = _read_yaml(DEFAULT_CONFIG)
+    if path is not None:
+        raw = merge(raw, _read_yaml(Path(path)), str(path))
+    raw = apply_overrides(raw, overrides)
+    return from_dict(raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a launcher config must be a YAML mapping")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any], where: str) -> dict[str, Any]:
+    """``update`` deep-merged over a copy of ``base``; keys unknown to ``base`` are errors."""
+    result = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in result:
+            raise ValueError(f"{where}: unknown key {key!r}; known: {sorted(result)}")
+        if isinstance(result[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {key!r} must be a mapping")
+            result[key] = merge(result[key], value, f"{where}: {key}")
+        else:
+            result[key] = value
+    return result
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Applies ``section.key=value`` items (values parsed as YAML) to a copy of ``raw``.
+
+    Raises:
+        ValueError: malformed item or unknown key (a typo must not pass silently).
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                raise ValueError(f"override {item!r}: unknown key {'.'.join(parts[:depth + 1])!r}; "
+                                 f"known here: {known}")
+            if depth < len(parts) - 1:
+                node = node[part]
+        if isinstance(node[parts[-1]], dict):
+            raise ValueError(f"override {item!r}: {key!r} is a section; set one of its keys")
+        value = yaml.safe_load(text) if text.strip() else None
+        if isinstance(node[parts[-1]], list) and isinstance(value, str):
+            value = [part for part in value.split(",") if part]  # a,b,c for list keys
+        node[parts[-1]] = value
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> LaunchConfig:
+    """Builds the typed config, checking every value's type and range.
+
+    Raises:
+        ValueError: wrong type, an out-of-range value or an unknown world.
+    """
+    def section(cls: type, data: dict[str, Any], where: str) -> Any:
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in data:
+                raise ValueError(f"{where}.{field.name} is missing")
+            values[field.name] = _coerce(data[field.name], field.type, f"{where}.{field.name}")
+        return cls(**values)
+
+    extra = set(raw) - {f.name for f in dataclasses.fields(LaunchConfig)}
+    if extra:
+        raise ValueError(f"unknown keys {sorted(extra)}")
+    config = LaunchConfig(
+        run_name=_coerce(raw.get("run_name"), "str | None", "run_name"),
+        runs_dir=_coerce(raw.get("runs_dir"), "str", "runs_dir"),
+        interpreters=section(Interpreters, raw["interpreters"], "interpreters"),
+        world=_coerce(raw.get("world"), "str", "world"),
+        carla=section(CarlaSection, raw["carla"], "carla"),
+        clients=section(ClientsSection, raw["clients"], "clients"),
+        restart=section(RestartSection, raw["restart"], "restart"),
+        trainer=section(TrainerSection, raw["trainer"], "trainer"),
+        tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
+    )
+    if config.world not in ("auto", "builtin", "carla"):
+        raise ValueError(f"world must be auto, builtin or carla, not {config.world!r}")
+    if config.clients.count < 1:
+        raise ValueError("clients.count must be at least 1")
+    for name, port in (("clients.base_port", config.clients.base_port),
+                       ("carla.port", config.carla.port), ("tensorboard.port", config.tensorboard.port)):
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{name} must be a TCP port (1-65535), not {port}")
+    if config.clients.base_port + config.clients.count - 1 > 65535:
+        raise ValueError("clients.base_port + clients.count exceeds 65535")
+    if config.carla.port_stride < 1 or config.carla.rpc_port(config.clients.count - 1) + 2 > 65535:
+        raise ValueError("carla.port_stride must be positive and the CARLA ports below 65536")
+    if config.run_name is not None and (not config.run_name or "/" in config.run_name
+                                        or config.run_name in (".", "..")):
+        raise ValueError(f"run_name must be a plain directory name, not {config.run_name!r}")
+    return config
+
+
+def _coerce(value: Any, type_name: Any, where: str) -> Any:
+    """Checks ``value`` against a dataclass annotation written as a string (``int``, ``str | None``...)."""
+    type_name = str(type_name)
+    if value is None:
+        if "None" in type_name:
+            return None
+        raise ValueError(f"{where} must not be empty")
+    base = type_name.replace(" | None", "")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+    elif base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base.startswith("tuple"):
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v) for v in value)
+    else:
+        raise AssertionError(f"unhandled annotation {type_name}")  # internal invariant
+    raise ValueError(f"{where} must be {base}, not {value!r}")
+
+
+# -------------------------------------------------------------------------------- resolving
+
+def find_input(path: str) -> Path:
+    """An input file: absolute, else relative to the current directory if it exists there, else the repo."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate.resolve()
+    in_repo = REPO_ROOT / candidate
+    return in_repo if in_repo.exists() else candidate.resolve()
+
+
+def read_envs() -> dict[str, Any]:
+    """``.venvs/envs.json`` (or ``$CZB_ENVS_JSON``), written by scripts/setup_envs.py; {} if absent."""
+    path = os.environ.get("CZB_ENVS_JSON") or str(ENVS_JSON)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def resolve_interpreters(config: LaunchConfig, launcher_python: str) -> tuple[str | None, str, str, str]:
+    """Chooses the sim-side and trainer-side interpreters.
+
+    Returns:
+        (sim python or None, where it came from, trainer python, where it came from).
+    """
+    envs = read_envs()
+    envs_path = os.environ.get("CZB_ENVS_JSON") or str(ENVS_JSON)
+    if config.interpreters.sim_python:
+        sim, sim_from = config.interpreters.sim_python, "interpreters.sim_python"
+    elif envs.get("sim_python"):
+        sim, sim_from = envs["sim_python"], envs_path
+    elif os.environ.get("CZB_SIM_PYTHON"):
+        sim, sim_from = os.environ["CZB_SIM_PYTHON"], "$CZB_SIM_PYTHON"
+    else:
+        sim, sim_from = None, f"not set: no interpreters.sim_python, no sim_python in {envs_path}, " \
+                              "no $CZB_SIM_PYTHON"
+    if config.interpreters.trainer_python:
+        trainer, trainer_from = config.interpreters.trainer_python, "interpreters.trainer_python"
+    elif envs.get("trainer_python"):
+        trainer, trainer_from = envs["trainer_python"], envs_path
+    else:
+        trainer, trainer_from = launcher_python, "the launcher's own interpreter"
+    return sim, sim_from, trainer, trainer_from
+
+
+def default_run_name(runs_dir: Path, now: datetime.datetime | None = None) -> str:
+    """A timestamp name not used yet under ``runs_dir`` (``-2``, ``-3``... appended on a clash)."""
+    base = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    name, n = base, 1
+    while (runs_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
