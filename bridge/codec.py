@@ -7,7 +7,8 @@ A message is a msgpack map. ndarrays anywhere inside it are replaced by msgpack 
   ``1 + index`` of the same multipart message;
 * ``EXT_SHM`` (3): ``[dtype, shape, offset]`` into the session's shared-memory slot (bridge/shm.py).
 
-dtypes travel as numpy ``dtype.str`` ("<f4", "|u1", "|b1") and must be bool, int, uint, float or complex:
+dtypes travel as numpy ``dtype.str`` ("<f4", "|u1", "|b1") and must be bool, int, uint, float or complex
+(no long double):
 object and structured dtypes are refused on both sides, which is what keeps the format pickle-free.
 docs/PROTOCOL.md has the byte-level description.
 """
@@ -24,7 +25,9 @@ EXT_FRAME = 1
 EXT_INLINE = 2
 EXT_SHM = 3
 
-_WIRE_DTYPE = re.compile(r"^[<>|=][biufc][0-9]{1,2}$")
+#: the portable dtypes: explicit byte order ("=" means the sender's, which the receiver cannot know)
+#: and no long double (f16, c32), whose layout differs between platforms.
+_WIRE_DTYPE = re.compile(r"^(\|b1|[<>|][iu][1248]|[<>]f[248]|[<>]c(8|16))$")
 #: the largest number of dimensions an array on the wire may have.
 MAX_NDIM = 8
 
@@ -89,6 +92,9 @@ class Encoder(object):
         self._frames = []  # type: List[Any]
         self._shm_writer = None  # type: Optional[ShmWriter]
         self._shm_limit = 0
+        # Reused packers: msgpack.packb builds a new buffer per call, which shows in small messages.
+        self._packer = msgpack.Packer(use_bin_type=True, default=self._default)
+        self._descriptor_packer = msgpack.Packer(use_bin_type=True)
 
     def encode(self, message: Any, shm_writer: Optional[ShmWriter] = None,
                shm_limit: int = 0) -> List[Any]:
@@ -100,10 +106,12 @@ class Encoder(object):
         self._frames = []
         self._shm_writer, self._shm_limit = shm_writer, shm_limit
         try:
-            header = msgpack.packb(message, use_bin_type=True, default=self._default)
+            header = self._packer.pack(message)
         except ProtocolError:
+            self._packer.reset()
             raise
         except (TypeError, ValueError, OverflowError) as e:
+            self._packer.reset()
             raise ProtocolError("cannot encode message: {}".format(e)) from e
         frames, self._frames = [header] + self._frames, []
         return frames
@@ -127,12 +135,13 @@ class Encoder(object):
         if self._shm_writer is not None and array.nbytes >= self._shm_limit:
             offset = self._shm_writer(array)
             if offset is not None:
-                return msgpack.ExtType(EXT_SHM, msgpack.packb([dtype, shape, offset]))
+                return msgpack.ExtType(EXT_SHM, self._descriptor_packer.pack([dtype, shape, offset]))
         if array.nbytes < self.inline_limit:
-            return msgpack.ExtType(EXT_INLINE, msgpack.packb(
-                [dtype, shape, array.tobytes()], use_bin_type=True))
+            return msgpack.ExtType(EXT_INLINE, self._descriptor_packer.pack(
+                [dtype, shape, array.tobytes()]))
         self._frames.append(array)  # zero-copy: pyzmq keeps a reference until sent
-        return msgpack.ExtType(EXT_FRAME, msgpack.packb([dtype, shape, len(self._frames) - 1]))
+        return msgpack.ExtType(EXT_FRAME, self._descriptor_packer.pack(
+            [dtype, shape, len(self._frames) - 1]))
 
 
 def frames_size(frames: Sequence[Any]) -> int:

@@ -89,7 +89,7 @@ class BridgeServer(object):
         self.requests_served = 0
         self._encoder = Encoder()
         self._context = zmq.Context()
-        self._socket = make_socket(self._context, zmq.ROUTER, max_message_bytes)
+        self._socket = make_socket(self._context, zmq.ROUTER, max_message_bytes, bind)
         try:
             self._socket.bind(bind)
         except zmq.ZMQError as e:
@@ -150,6 +150,8 @@ class BridgeServer(object):
             if command in protocol.SESSION_COMMANDS:
                 self._check_session(request)
             result = self._handlers[command](peer, body)
+            if command in protocol.SESSION_COMMANDS and self.session is not None:
+                self.session.last_seen = time.monotonic()  # a slow handler is not a silent trainer
             reply = {"seq": seq, "ok": True, "body": result}
             use_shm = (command in (protocol.RESET, protocol.STEP) and request.get("shm") is True
                        and self.session is not None and self.session.shm is not None)

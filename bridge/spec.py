@@ -15,6 +15,7 @@ ALLOWED_DTYPES = (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64",
 )
+_FLOAT_DTYPES = ("float16", "float32", "float64")
 
 
 class FieldSpec(NamedTuple):
@@ -78,6 +79,8 @@ class FieldSpec(NamedTuple):
         Raises:
             SpecError: wrong shape, non-finite float, value out of bounds or not convertible.
         """
+        if not self.shape and type(value) in (float, int, bool):
+            return self._validate_python_scalar(value)
         try:
             array = np.asarray(value)
         except (TypeError, ValueError) as e:
@@ -89,6 +92,12 @@ class FieldSpec(NamedTuple):
                 want not in (-1, got) for want, got in zip(self.shape, array.shape)):
             raise SpecError("field {!r}: expected shape {} but got {}".format(
                 self.name, self.shape, array.shape))
+        wanted_kind = np.dtype(self.dtype).kind
+        if wanted_kind == "b" and array.dtype.kind != "b" and not (
+                array.dtype.kind in "iu" and np.all((array == 0) | (array == 1))):
+            raise SpecError("field {!r}: expected a boolean but got {!r}".format(self.name, value))
+        if wanted_kind in "iu" and array.dtype.kind == "f" and not np.all(array == np.round(array)):
+            raise SpecError("field {!r}: expected an integer but got {!r}".format(self.name, value))
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             raise SpecError("field {!r}: contains NaN or infinity: {!r}".format(self.name, value))
         if array.size and self.low is not None and np.min(array) < self.low:
@@ -98,6 +107,20 @@ class FieldSpec(NamedTuple):
             raise SpecError("field {!r}: {!r} is above its upper bound {}".format(
                 self.name, value, self.high))
         return array.astype(self.dtype, copy=False)
+
+    def _validate_python_scalar(self, value: Any) -> np.ndarray:
+        """The common case of an action field, checked in plain Python (numpy calls cost ~10x)."""
+        if type(value) is float and not math.isfinite(value):
+            raise SpecError("field {!r}: contains NaN or infinity: {!r}".format(self.name, value))
+        if type(value) is float and self.dtype not in _FLOAT_DTYPES:
+            return self.validate(np.float64(value))  # let the general path explain the mismatch
+        if self.low is not None and value < self.low:
+            raise SpecError("field {!r}: {!r} is below its lower bound {}".format(
+                self.name, value, self.low))
+        if self.high is not None and value > self.high:
+            raise SpecError("field {!r}: {!r} is above its upper bound {}".format(
+                self.name, value, self.high))
+        return np.array(value, dtype=self.dtype)
 
 
 class WorldSpec(NamedTuple):

@@ -64,15 +64,18 @@ def is_same_host(endpoint: str) -> bool:
 
 
 def make_socket(context: zmq.Context, kind: int,
-                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> zmq.Socket:
+                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, endpoint: str = "") -> zmq.Socket:
     """A socket with LINGER 0 (close never blocks) and a hard cap on inbound frame size.
 
     The cap is twice the application limit: messages a little too large still arrive and get a typed
     error reply; absurdly large ones make ZeroMQ drop the connection before buffering them.
+    ``endpoint`` (the address the socket will bind or connect) switches IPv6 on for ``tcp://[...]``.
     """
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)  # only then: it would turn IPv4 addresses into ::ffff:a.b.c.d
     return sock
 
 
@@ -91,7 +94,7 @@ class ConnectionMonitor(object):
 
     def poll_disconnected(self) -> bool:
         dropped = False
-        while self.socket.poll(0):
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # no syscall, unlike poll(0)
             event = recv_monitor_message(self.socket)["event"]
             if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
                 self.connected = True

@@ -269,7 +269,9 @@ def test_a_silent_trainer_loses_its_session_and_the_world_is_restored(serve):
         client.hello()
         client.reset()
         client._heartbeat.stopped.set()  # the trainer "dies": no more heartbeats or requests
-        assert wait_until(lambda: server.handler.sessions_closed == 1, timeout=3.0)
+        with BridgeClient(server.endpoint) as prober:  # other peers' pings must not keep it alive
+            assert wait_until(lambda: not prober.ping()["session_active"], timeout=3.0)
+        assert server.handler.sessions_closed == 1
         assert server.server.session is None
         with pytest.raises(RemoteSessionError, match="hello"):
             client.step(ACTION)
@@ -327,3 +329,60 @@ def test_remote_errors_survive_pickling_for_subprocess_vector_envs():
         assert (copy.remote_type, copy.remote_message, copy.remote_traceback) == (
             code, "boom", "Traceback ...")
         assert str(copy) == str(error)
+
+
+def test_a_handler_slower_than_the_heartbeat_timeout_keeps_its_session(serve):
+    server = serve(CountingHandler(step_delay=0.5))
+    with BridgeClient(server.endpoint, heartbeat_seconds=0.05) as client:  # 0.25 s of silence ends it
+        client.hello()
+        client.reset()
+        assert client.step(ACTION).frame == 1
+        assert client.step(ACTION).frame == 2
+        assert server.handler.sessions_closed == 0
+
+
+@pytest.mark.parametrize("dtype", ["=f4", "<f16", "<c32", "|O8", "<U4", "<M8", "V8"])
+def test_non_portable_dtypes_are_refused_on_decode(dtype):
+    from bridge.codec import EXT_INLINE
+    from bridge.errors import ProtocolError
+    header = msgpack.packb({"x": msgpack.ExtType(EXT_INLINE, msgpack.packb(
+        [dtype, [1], b"\0" * 16], use_bin_type=True))}, use_bin_type=True)
+    with pytest.raises(ProtocolError, match="dtype"):
+        decode([header])
+
+
+@pytest.mark.parametrize("value,match", [(float("nan"), "NaN"), (-float("inf"), "NaN"),
+                                         (1.5, "upper"), (-2, "lower"), (True, None)])
+def test_scalar_fast_path_agrees_with_the_general_path(value, match):
+    from bridge.spec import FieldSpec
+    spec = FieldSpec("steer", "float32", (), -1.0, 1.0)
+    for candidate in (value, np.float64(value)):
+        if match is None:
+            assert spec.validate(candidate) == np.float32(value)
+            assert spec.validate(candidate).dtype == np.float32
+        else:
+            with pytest.raises(SpecError, match=match):
+                spec.validate(candidate)
+    flag = FieldSpec("reverse", "bool", (), 0, 1)
+    assert flag.validate(True).dtype == np.bool_ and flag.validate(False) == np.False_
+    with pytest.raises(SpecError):
+        flag.validate(0.5)
+
+
+def test_ipv6_loopback_works():
+    try:
+        srv = BridgeServer(CountingHandler(), bind="tcp://[::1]:0")
+    except BridgeError as e:
+        pytest.skip("no IPv6 loopback here: {}".format(e))
+    stop = threading.Event()
+    thread = threading.Thread(target=srv.serve, args=(stop.is_set, 0.02), daemon=True)
+    thread.start()
+    try:
+        assert srv.endpoint.startswith("tcp://[::1]:")
+        with BridgeClient(srv.endpoint) as client:
+            client.hello()
+            assert client.reset().frame == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
