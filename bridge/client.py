@@ -24,7 +24,8 @@ from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedErro
                            SessionError, VersionMismatchError, remote_error)
 from bridge.shm import ShmReader, shm_available
 from bridge.spec import WorldSpec
-from bridge.transport import ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint
+from bridge.transport import (ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint,
+                              send_frames)
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +227,15 @@ class BridgeClient(object):
 
         Idempotent; never raises for an unreachable server.
         """
+        self._close(graceful=True)
+
+    def _close(self, graceful: bool) -> None:
         if self.closed:
             return
         self.closed = True
+        heartbeat_stopped = self._stop_heartbeat()
         try:
-            if self._session is not None:
+            if graceful and self._session is not None:
                 self._request(protocol.CLOSE, {}, min(self.timeout, 2.0))
         except BridgeError as e:
             logger.debug("close: server did not acknowledge (%s)", e)
@@ -238,7 +243,10 @@ class BridgeClient(object):
             self._end_session_locally()
             self._monitor.close(self._socket)
             self._socket.close(linger=0)
-            self._context.term()
+            # term() waits for every socket of the context; the heartbeat thread's socket is gone
+            # only if the thread ended (at interpreter exit daemon threads never do): never hang.
+            if graceful and heartbeat_stopped:
+                self._context.term()
 
     def __enter__(self) -> "BridgeClient":
         return self
@@ -246,10 +254,10 @@ class BridgeClient(object):
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def __del__(self) -> None:  # safety net only; close() is the real cleanup
+    def __del__(self) -> None:  # safety net only: no request, nothing that could block
         if not getattr(self, "closed", True):
             try:
-                self.close()
+                self._close(graceful=False)
             except Exception:
                 pass
 
@@ -274,11 +282,17 @@ class BridgeClient(object):
                         self.endpoint, e)
             return False
 
+    def _stop_heartbeat(self) -> bool:
+        """Stops the heartbeat thread; False if it did not end in time."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is None:
+            return True
+        heartbeat.stopped.set()
+        heartbeat.join(timeout=2.0)
+        return not heartbeat.is_alive()
+
     def _end_session_locally(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stopped.set()
-            self._heartbeat.join(timeout=2.0)
-            self._heartbeat = None
+        self._stop_heartbeat()
         if self._shm is not None:
             self._shm.close()
             self._shm = None
@@ -297,10 +311,10 @@ class BridgeClient(object):
         started = time.monotonic()
         deadline = started + timeout
         try:
-            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
+            send_frames(self._socket, frames, zmq.NOBLOCK)
+        except zmq.Again:  # nothing sent yet: a DEALER's first frame is all or nothing
             self._wait_writable(command, seq, deadline)
-            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            send_frames(self._socket, frames, zmq.NOBLOCK)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -21,7 +21,7 @@ from bridge.errors import (BridgeError, ProtocolError, SessionError, VersionMism
                            wire_code)
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
 from bridge.spec import WorldSpec, validate_fields
-from bridge.transport import check_bind_endpoint, make_socket
+from bridge.transport import check_bind_endpoint, make_socket, send_frames
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,12 @@ class BridgeServer(object):
         self._expire_silent_session()
         if not self._socket.poll(timeout * 1000):
             return False
-        frames = self._socket.recv_multipart(copy=False)
+        frames = self._socket.recv_multipart()  # requests are small: plain bytes are cheapest
         self._handle(frames)
         return True
 
     def _handle(self, frames: List[Any]) -> None:
-        peer = frames[0].bytes
+        peer = frames[0]
         body_frames = frames[1:]
         envelope = []  # type: List[bytes]
         if body_frames and len(body_frames[0]) == 0:  # a REQ client's empty delimiter
@@ -158,7 +158,7 @@ class BridgeServer(object):
         except Exception as e:  # every failure becomes an error reply; the server stays up
             self._log_failure(e)
             if seq is None and body_frames:
-                seq = peek_seq(bytes(memoryview(body_frames[0])))
+                seq = peek_seq(body_frames[0])
             reply = {"seq": seq, "ok": False, "error": {
                 "code": wire_code(e), "message": str(e),
                 "traceback": "" if isinstance(e, BridgeError) else traceback.format_exc()}}
@@ -180,7 +180,7 @@ class BridgeServer(object):
             frames = self._encoder.encode({"seq": reply.get("seq"), "ok": False, "error": {
                 "code": "ProtocolError", "message": "sim side produced an unsendable reply: {}"
                 .format(e), "traceback": ""}})
-        self._socket.send_multipart([peer] + envelope + frames, copy=False)
+        send_frames(self._socket, [peer] + envelope + frames)
 
     def _log_failure(self, error: Exception) -> None:
         if isinstance(error, (ProtocolError, SessionError, VersionMismatchError)):

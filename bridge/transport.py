@@ -79,6 +79,20 @@ def make_socket(context: zmq.Context, kind: int,
     return sock
 
 
+#: frames at least this large are handed to ZeroMQ without a copy; smaller ones are copied, which is
+#: cheaper than pyzmq's zero-copy bookkeeping (it copies below 64 KiB anyway: TRANSPORT_FACTS.md).
+ZERO_COPY_MIN_BYTES = 64 * 1024
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """Sends a multipart message, zero-copy only for the frames large enough to gain from it."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        more = zmq.SNDMORE if index < last else 0
+        big = memoryview(frame).nbytes >= ZERO_COPY_MIN_BYTES
+        sock.send(frame, flags | more, copy=not big)
+
+
 class ConnectionMonitor(object):
     """Watches a socket's connection events so a waiting side notices a dead peer at once.
 
