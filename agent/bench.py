@@ -1,0 +1,176 @@
+"""Env steps/s over the bridge versus the same built-in world in process: ``python -m agent.bench``.
+
+For each sensor setup (state only; an 84x84 camera) it runs the same seeded action sequence through
+``CarlaBridgeEnv`` twice: with the world in this process (``inprocess://builtin``) and with the world
+in a ``python -m carla_client`` process under the sim interpreter, talking over the bridge.
+Repeats are interleaved and the medians reported; the goal is bridge >= 0.9x in process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.env import CarlaBridgeEnv
+from agent.simproc import SimProcess, default_sim_python
+
+SETUPS = {
+    "state only": [{"name": "collision", "type": "sensor.other.collision"},
+                   {"name": "lane_invasion", "type": "sensor.other.lane_invasion"}],
+    "84x84 camera": [{"name": "camera", "type": "sensor.camera.rgb", "view": "chase",
+                      "width": 84, "height": 84, "fov": 90},
+                     {"name": "collision", "type": "sensor.other.collision"},
+                     {"name": "lane_invasion", "type": "sensor.other.lane_invasion"}],
+}
+
+
+def steps_per_second(env: CarlaBridgeEnv, steps: int, seed: int = 0, warmup: int = 50,
+                     policy: Any = None) -> float:
+    """Steps ``env`` (resetting at episode ends) and returns steps/s.
+
+    Without ``policy`` the actions are a fixed pseudo-random drive (the env and transport alone);
+    with one, each action comes from ``policy.predict`` as in a PPO rollout.
+    """
+    rng = np.random.default_rng(seed)
+    actions = np.stack([rng.uniform(-0.3, 0.3, steps + warmup), rng.uniform(0.2, 1.0, steps + warmup)],
+                       axis=1).astype(np.float32)
+    obs, _ = env.reset(seed=seed)
+    started = 0.0
+    for i, action in enumerate(actions):
+        if i == warmup:
+            started = time.perf_counter()
+        if policy is not None:
+            action = policy.predict(obs, deterministic=False)[0]
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return steps / (time.perf_counter() - started)
+
+
+def training_steps_per_second(endpoint: str, steps: int, use_shm: bool) -> float:
+    """Env steps/s of PPO training (rollouts and updates) with the default config on ``endpoint``."""
+    import torch
+
+    from agent.config import load_config
+    from agent.train import build_model, env_kwargs
+    from agent.vec import make_vec_env
+
+    torch.set_num_threads(1)
+    config = load_config()
+    kwargs = {**env_kwargs(config), "camera_size": None, "use_shm": use_shm}
+    venv = make_vec_env([endpoint], seed=0, **kwargs)
+    try:
+        model = build_model(config, venv)
+        started = time.perf_counter()
+        model.learn(steps)
+        return model.num_timesteps / (time.perf_counter() - started)
+    finally:
+        venv.close()
+
+
+def make_policy(env: CarlaBridgeEnv) -> Any:
+    """A freshly initialised PPO policy of the default config (camera CNN + state MLP)."""
+    import torch
+
+    from agent.config import load_config
+    from agent.train import build_model
+
+    torch.set_num_threads(1)
+    config = load_config()
+    return build_model({"seed": 0, "policy": config["policy"], "ppo": config["ppo"]}, env)
+
+
+def bench(steps: int, repeats: int, sim_python: str, use_shm: bool, policy_steps: int,
+          train_steps: int = 0) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
+        for setup, sensors in SETUPS.items():
+            path = Path(tmp) / (setup.replace(" ", "_") + ".json")
+            path.write_text(json.dumps(sensors))
+            runs: dict[str, list[float]] = {k: [] for k in (
+                "inproc", "bridge", "inproc_policy", "bridge_policy", "inproc_train", "bridge_train")}
+            rtt = []
+            inprocess = f"inprocess://builtin?sensors={path}"
+            with SimProcess(sensors=str(path), python=sim_python,
+                            log_path=Path(tmp) / "sim.log") as sim:
+                for _ in range(repeats):
+                    for key, endpoint in (("inproc", inprocess), ("bridge", sim.endpoint)):
+                        # camera_size=None: no resize, so both paths pay the same conversion
+                        with CarlaBridgeEnv(endpoint, camera_size=None, use_shm=use_shm,
+                                            max_episode_steps=10**6) as env:
+                            runs[key].append(steps_per_second(env, steps))
+                            if key == "bridge":
+                                rtt.append(env.bridge_stats()[:2])
+                            if policy_steps:
+                                runs[key + "_policy"].append(steps_per_second(
+                                    env, policy_steps, policy=make_policy(env)))
+                        if train_steps:
+                            runs[key + "_train"].append(
+                                training_steps_per_second(endpoint, train_steps, use_shm))
+            med = {k: statistics.median(v) if v else float("nan") for k, v in runs.items()}
+            results.append({"setup": setup, "in_process": med["inproc"], "bridge": med["bridge"],
+                            "ratio": med["bridge"] / med["inproc"],
+                            "in_process_policy": med["inproc_policy"],
+                            "bridge_policy": med["bridge_policy"],
+                            "ratio_policy": med["bridge_policy"] / med["inproc_policy"],
+                            "in_process_train": med["inproc_train"],
+                            "bridge_train": med["bridge_train"],
+                            "ratio_train": med["bridge_train"] / med["inproc_train"],
+                            "rtt_p50_ms": 1000 * statistics.median(r[0] for r in rtt),
+                            "rtt_p99_ms": 1000 * statistics.median(r[1] for r in rtt),
+                            "runs": runs})
+            print(f"{setup}: in process {med['inproc']:.0f} steps/s, bridge {med['bridge']:.0f} "
+                  f"steps/s ({med['bridge'] / med['inproc']:.2f}x); with a policy "
+                  f"{med['inproc_policy']:.0f} vs {med['bridge_policy']:.0f}", file=sys.stderr)
+    return results
+
+
+def markdown(results: list[dict], steps: int, repeats: int) -> str:
+    lines = ["| setup | loop | in process (steps/s) | bridge (steps/s) | bridge / in process | "
+             "round trip p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['setup']} | env only | {r['in_process']:.0f} | {r['bridge']:.0f} | "
+                     f"{r['ratio']:.2f}x | {r['rtt_p50_ms']:.2f} / {r['rtt_p99_ms']:.2f} |")
+        if r["in_process_policy"] == r["in_process_policy"]:  # not NaN
+            lines.append(f"| {r['setup']} | PPO policy acting | {r['in_process_policy']:.0f} | "
+                         f"{r['bridge_policy']:.0f} | {r['ratio_policy']:.2f}x | |")
+        if r["in_process_train"] == r["in_process_train"]:
+            lines.append(f"| {r['setup']} | PPO training (rollouts + updates) | "
+                         f"{r['in_process_train']:.0f} | {r['bridge_train']:.0f} | "
+                         f"{r['ratio_train']:.2f}x | |")
+    lines.append(f"\nMedians of {repeats} interleaved runs of {steps} env steps each "
+                 "(policy loops: fewer steps, a fresh default PPO policy choosing every action; "
+                 "training: the default PPO config learning from scratch).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3000, help="steps per run (default: 3000)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs (default: 3)")
+    parser.add_argument("--sim-python", default=default_sim_python(),
+                        help="interpreter of the sim side (default: %(default)s)")
+    parser.add_argument("--no-shm", dest="shm", action="store_false", help="plain TCP frames only")
+    parser.add_argument("--policy-steps", type=int, default=1000,
+                        help="steps per run with a PPO policy acting; 0 skips (default: 1000)")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="steps per run of PPO training (default: 0, skipped; 4096 = 4 updates)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = bench(args.steps, args.repeats, args.sim_python, args.shm, args.policy_steps,
+                    args.train_steps)
+    print(markdown(results, args.steps, args.repeats))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

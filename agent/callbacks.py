@@ -1,0 +1,62 @@
+"""SB3 callbacks that write driving and bridge metrics to the run's logger (TensorBoard)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agent.reward import TERMS
+
+#: keys of info["episode_metrics"] logged as ``episode/<key>`` (means over the episodes that ended).
+EPISODE_KEYS = ("return", "length", "route_completion", "lap_completed", "collisions",
+                "lane_invasions", "mean_speed")
+
+
+class DrivingMetricsCallback(BaseCallback):
+    """Logs episode metrics (return, route completion, collisions...) and per-step reward terms.
+
+    Values are averaged with ``logger.record_mean`` and written when PPO dumps its logs after each
+    rollout, next to SB3's own ``rollout/`` and ``train/`` scalars.
+    """
+
+    def _on_step(self) -> bool:
+        record_mean = self.logger.record_mean
+        for info in self.locals.get("infos", ()):
+            for term in TERMS:
+                value = info.get(f"reward_{term}")
+                if value is not None:
+                    record_mean(f"reward/{term}", value)
+            metrics = info.get("episode_metrics")
+            if metrics is not None:
+                for key in EPISODE_KEYS:
+                    record_mean(f"episode/{key}", float(metrics[key]))
+            if info.get("bridge_reconnected"):
+                self.logger.record_mean("bridge/reconnects", 1.0)
+        return True
+
+
+class BridgeStatsCallback(BaseCallback):
+    """After each rollout, logs the bridge's round-trip p50/p99 (ms) and the sim's ticks per second.
+
+    Asks every env through ``env_method("bridge_stats")`` (one pipe round trip per worker per
+    rollout). Percentiles are averaged over envs; ticks/s is summed (the whole fleet's rate).
+    """
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        try:
+            stats = self.training_env.env_method("bridge_stats")
+        except (AttributeError, EOFError, BrokenPipeError):
+            return
+        p50 = [s[0] for s in stats if math.isfinite(s[0])]
+        p99 = [s[1] for s in stats if math.isfinite(s[1])]
+        tps = [s[2] for s in stats if math.isfinite(s[2])]
+        if p50:
+            self.logger.record("bridge/round_trip_p50_ms", 1000.0 * float(np.mean(p50)))
+        if p99:
+            self.logger.record("bridge/round_trip_p99_ms", 1000.0 * float(np.mean(p99)))
+        if tps:
+            self.logger.record("bridge/sim_ticks_per_s", float(np.sum(tps)))

@@ -1,0 +1,347 @@
+"""CarlaBridgeEnv: a Gymnasium env that drives the sim side's world through the bridge client."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from agent.inprocess import make_client
+from agent.observation import StateEncoder, find_camera, to_rgb
+from agent.reward import TERMS, RewardConfig, compute_reward, count_events
+from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError
+
+log = logging.getLogger(__name__)
+
+#: bridge failures after which a reconnect may help (the sim side restarted or hung).
+RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+
+
+class CarlaBridgeEnv(gym.Env):
+    """Drives the ego vehicle of a world served by ``carla_client`` (or run in process).
+
+    Spaces are built from the spec the sim announces in its ``hello`` reply.
+
+    Observation space: ``Dict`` with
+        - ``camera``: ``Box(0, 255, (H, W, 3), uint8)``, RGB converted from the sim's BGRA camera and
+          resized to ``camera_size`` (64x64 by default) when the sim's differs. Absent when
+          ``camera=None`` or when the sim announces no colour camera.
+        - ``vehicle_state``: ``Box(-1, 1, (n,), float32)``, the features of
+          ``agent.observation.STATE_FEATURES`` (speed, speed error, lateral offset, sin/cos heading
+          error, lateral velocity, heading-error rate, lane curvature, previous steer and pedal),
+          each scaled and clipped to [-1, 1].
+
+    Action space:
+        - ``action_mode="2d"`` (default): ``Box([-1, -1], [1, 1])`` = (steer, pedal); a positive pedal
+          is throttle, a negative one brake.
+        - ``action_mode="3d"``: ``Box([-1, 0, 0], [1, 1, 1])`` = (steer, throttle, brake).
+        NaN or infinite actions raise ``ValueError``; out-of-range ones are clipped
+        (``out_of_range="clip"``) or raise ``ValueError`` (``"raise"``).
+
+    Episodes terminate on a collision or when the car is off the road, and are truncated after
+    ``max_episode_steps`` steps, when ``route_completion`` reaches ``lap_target`` (if
+    ``end_on_lap``), or after a bridge reconnect. ``info`` holds ``frame`` and ``sim_time`` counted
+    from the episode's reset (the sim's absolute frame id and time are in the reset's info as
+    ``sim_frame``/``sim_start_time`` and in ``env.sim_frame``; relative values keep step infos
+    reproducible, as gymnasium's checker demands), every ``reward_<term>`` of agent.reward.TERMS,
+    the applied control and, at the end of an episode, ``episode_metrics``.
+
+    Args:
+        endpoint: ``tcp://host:port`` / ``ipc://path`` of a running ``carla_client``, or
+            ``inprocess://builtin[?sensors=FILE&seed=N]`` to run the built-in world in this process.
+        timeout: seconds to wait for each reply.
+        use_shm: negotiate the shared-memory path for large arrays when both sides are on one host.
+        camera: the observation field to use as the camera, ``"auto"`` (first colour camera) or None.
+        camera_size: (height, width) of the camera observation, or None to keep the sim's.
+        action_mode: ``"2d"`` or ``"3d"``.
+        out_of_range: ``"clip"`` or ``"raise"``.
+        max_episode_steps: truncation limit.
+        end_on_lap: truncate when a lap is completed (the evaluation's success criterion).
+        lap_target: the ``route_completion`` that counts as a completed lap.
+        terminate_on_collision / terminate_on_off_road: episode ends on these.
+        reward: RewardConfig or mapping of its fields (weights, target speed...).
+        reconnect: on a timeout, disconnect or lost session during a step, connect again (new hello)
+            and end the episode as truncated with ``info["bridge_reconnected"] = True``.
+        reconnect_timeout: seconds to keep trying to reconnect before giving up.
+        reset_options: options passed to the sim's reset.
+        render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
+        client_factory: builds the client (tests); defaults to agent.inprocess.make_client.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5556", *, timeout: float = 10.0,
+                 use_shm: bool = True, camera: str | None = "auto",
+                 camera_size: tuple[int, int] | list[int] | None = (64, 64),
+                 action_mode: str = "2d", out_of_range: str = "clip",
+                 max_episode_steps: int = 3000, end_on_lap: bool = True, lap_target: float = 1.0,
+                 terminate_on_collision: bool = True, terminate_on_off_road: bool = True,
+                 reward: RewardConfig | dict[str, Any] | None = None,
+                 reconnect: bool = False, reconnect_timeout: float = 60.0,
+                 reset_options: dict[str, Any] | None = None, render_mode: str | None = None,
+                 client_factory: Callable[[], Any] | None = None) -> None:
+        if action_mode not in ("2d", "3d"):
+            raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
+        if out_of_range not in ("clip", "raise"):
+            raise ValueError(f"out_of_range must be 'clip' or 'raise', got {out_of_range!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if max_episode_steps < 1:
+            raise ValueError("max_episode_steps must be at least 1")
+        self.endpoint = endpoint
+        self.action_mode = action_mode
+        self.out_of_range = out_of_range
+        self.max_episode_steps = int(max_episode_steps)
+        self.end_on_lap = end_on_lap
+        self.lap_target = float(lap_target)
+        self.terminate_on_collision = terminate_on_collision
+        self.terminate_on_off_road = terminate_on_off_road
+        self.reward_config = (reward if isinstance(reward, RewardConfig)
+                              else RewardConfig.from_dict(reward))
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self.reset_options = dict(reset_options or {})
+        self.render_mode = render_mode
+        self._client_factory = client_factory or (
+            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm))
+        self._client: Any = None
+        self._closed = False
+
+        self.server_info = self._connect()
+        spec = self.server_info.spec
+        self.tick_seconds = spec.tick_seconds
+        self._camera = find_camera(spec.observation, camera)
+        self._camera_size = None if camera_size is None else (int(camera_size[0]), int(camera_size[1]))
+        self._encoder = StateEncoder(spec.tick_seconds, self.reward_config.target_speed,
+                                     self.reward_config.lane_half_width)
+        obs_spaces: dict[str, spaces.Space] = {}
+        if self._camera is not None:
+            h, w = self._camera_size or self._camera.shape[:2]
+            obs_spaces["camera"] = spaces.Box(0, 255, (h, w, 3), np.uint8)
+        obs_spaces["vehicle_state"] = self._encoder.space
+        self.observation_space = spaces.Dict(obs_spaces)
+        if action_mode == "2d":
+            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        else:
+            self.action_space = spaces.Box(np.array([-1, 0, 0], np.float32),
+                                           np.array([1, 1, 1], np.float32), dtype=np.float32)
+
+        self._measurements: dict[str, Any] | None = None
+        self._last_obs: dict[str, np.ndarray] | None = None
+        self._last_frame: np.ndarray | None = None
+        self._episode: dict[str, float] = {}
+        self._steps = 0
+        self._last_completion = 0.0
+
+    # ---------------------------------------------------------------- connection
+    def _connect(self) -> Any:
+        self._client = self._client_factory()
+        try:
+            return self._client.hello()
+        except BaseException:
+            self._client.close()
+            self._client = None
+            raise
+
+    def _reconnect(self, cause: BaseException) -> None:
+        """Replaces the client by a new one with a fresh session, retrying until the deadline.
+
+        Raises:
+            the last connection error, chained to ``cause``, when the deadline passes.
+        """
+        log.warning("bridge to %s failed (%s: %s); reconnecting", self.endpoint,
+                    type(cause).__name__, cause)
+        old, self._client = self._client, None
+        if old is not None:
+            old.close()
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            try:
+                info = self._connect()
+            except (ConnectionError, *RECONNECTABLE) as e:
+                if time.monotonic() >= deadline:
+                    raise e from cause
+                time.sleep(0.5)  # the sim is restarting; the connect itself waits on the socket
+                continue
+            if info.spec != self.server_info.spec:
+                raise RuntimeError(f"the sim at {self.endpoint} came back with a different spec; "
+                                   "the env's spaces no longer match it") from cause
+            self.server_info = info
+            return
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def bridge_stats(self) -> tuple[float, float, float]:
+        """(round trip p50 seconds, p99 seconds, sim ticks per second) over recent requests."""
+        if self._client is None:
+            return (math.nan, math.nan, math.nan)
+        p50, p99 = self._client.stats.percentiles()
+        return (float(p50), float(p99), float(self._client.stats.ticks_per_second()))
+
+    # ---------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if self._closed:
+            raise RuntimeError("reset() on a closed CarlaBridgeEnv")
+        # Unseeded resets draw the sim's seed from our generator, so reset(seed=s) followed by
+        # plain reset()s replays the same episodes.
+        sim_seed = seed if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+        sim_options = {**self.reset_options, **(options or {})}
+        try:
+            reply = self._client.reset(seed=sim_seed, options=sim_options)
+        except RECONNECTABLE as e:
+            if not self.reconnect:
+                raise
+            self._reconnect(e)
+            reply = self._client.reset(seed=sim_seed, options=sim_options)
+        self._steps = 0
+        self._last_completion = 0.0
+        self._episode = {"return": 0.0, "collisions": 0, "lane_invasions": 0, "speed_sum": 0.0,
+                         "start_completion": float(reply.measurements["route_completion"])}
+        self._measurements = self._keep(reply.measurements)
+        state = self._encoder.reset(reply.measurements)
+        obs = self._observe(reply.observation, state)
+        self._start_frame, self._start_time = int(reply.frame), float(reply.sim_time)
+        self.sim_frame = self._start_frame
+        info = {"frame": 0, "sim_time": 0.0, "sim_frame": self._start_frame,
+                "sim_start_time": self._start_time, "route_completion": 0.0,
+                "speed": float(reply.measurements["speed"])}
+        return obs, info
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._measurements is None:
+            raise RuntimeError("step() before reset()")
+        control = self._control(action)
+        try:
+            reply = self._client.step(control)
+        except RECONNECTABLE as e:
+            if not self.reconnect:
+                raise
+            self._reconnect(e)
+            self._measurements = None  # the next call must be reset()
+            info = {"bridge_reconnected": True, "frame": -1, "sim_time": math.nan,
+                    **{f"reward_{t}": 0.0 for t in TERMS}}
+            info["episode_metrics"] = self._metrics(self._last_completion, False)
+            return self._copy_obs(self._last_obs), 0.0, False, True, info
+
+        m = reply.measurements
+        reward, terms = compute_reward(self._measurements, m, reply.events, self.reward_config)
+        self._measurements = self._keep(m)
+        self._steps += 1
+        collisions = count_events(reply.events, "collision")
+        invasions = count_events(reply.events, "lane_invasion")
+        off_road = bool(m["off_road"])
+        pedal = control["throttle"] - control["brake"]
+        state = self._encoder.encode(m, control["steer"], pedal)
+        obs = self._observe(reply.observation, state)
+
+        completion = float(m["route_completion"]) - self._episode["start_completion"]
+        self._last_completion = completion
+        lap_completed = completion >= self.lap_target
+        terminated = bool((self.terminate_on_collision and collisions > 0)
+                          or (self.terminate_on_off_road and off_road))
+        truncated = (not terminated) and (self._steps >= self.max_episode_steps
+                                          or (self.end_on_lap and lap_completed))
+        ep = self._episode
+        ep["return"] += reward
+        ep["collisions"] += collisions
+        ep["lane_invasions"] += invasions
+        ep["speed_sum"] += float(m["speed"])
+
+        self.sim_frame = int(reply.frame)
+        info: dict[str, Any] = {
+            "frame": self.sim_frame - self._start_frame,
+            "sim_time": round(float(reply.sim_time) - self._start_time, 6),
+            **{f"reward_{t}": float(v) for t, v in terms.items()},
+            "route_completion": completion, "lap_completed": lap_completed,
+            "speed": float(m["speed"]), "lateral_offset": float(m["lateral_offset"]),
+            "collisions": collisions, "lane_invasions": invasions, "off_road": off_road,
+            "steer": control["steer"], "throttle": control["throttle"], "brake": control["brake"],
+        }
+        if terminated or truncated:
+            info["episode_metrics"] = self._metrics(completion, lap_completed)
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array" or self._last_frame is None:
+            return None
+        return self._last_frame.copy()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+        super().close()
+
+    def __del__(self) -> None:  # a safety net only: close() is the contract
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---------------------------------------------------------------- helpers
+    def _control(self, action: Any) -> dict[str, Any]:
+        """Checks the action and maps it to VehicleControl fields.
+
+        Raises:
+            ValueError: wrong shape, NaN/inf, or out of range with ``out_of_range="raise"``.
+        """
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got "
+                             f"{np.shape(action)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action contains NaN or infinity: {action!r}")
+        low, high = self.action_space.low, self.action_space.high
+        if np.any(a < low) or np.any(a > high):
+            if self.out_of_range == "raise":
+                raise ValueError(f"action {a.tolist()} is outside [{low.tolist()}, {high.tolist()}]")
+            a = np.clip(a, low, high)
+        if self.action_mode == "2d":
+            steer, throttle, brake = a[0], max(a[1], 0.0), max(-a[1], 0.0)
+        else:
+            steer, throttle, brake = a
+        return {"throttle": float(throttle), "steer": float(steer), "brake": float(brake),
+                "hand_brake": False, "reverse": False}
+
+    def _observe(self, sensors: dict[str, np.ndarray], state: np.ndarray) -> dict[str, np.ndarray]:
+        obs: dict[str, np.ndarray] = {}
+        if self._camera is not None:
+            image = np.asarray(sensors[self._camera.name])
+            if self.render_mode == "rgb_array":
+                self._last_frame = to_rgb(image, None)
+            obs["camera"] = to_rgb(image, self._camera_size)
+        obs["vehicle_state"] = state
+        self._last_obs = obs
+        return self._copy_obs(obs)
+
+    @staticmethod
+    def _copy_obs(obs: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        assert obs is not None
+        return {k: v.copy() for k, v in obs.items()}
+
+    @staticmethod
+    def _keep(measurements: dict[str, Any]) -> dict[str, Any]:
+        # reply arrays may be views into buffers reused two requests later: copy what we keep
+        return {k: (np.array(v) if isinstance(v, np.ndarray) else v)
+                for k, v in measurements.items()}
+
+    def _metrics(self, completion: float, lap_completed: bool) -> dict[str, float]:
+        ep = self._episode
+        steps = max(self._steps, 1)
+        return {"return": ep.get("return", 0.0), "length": self._steps,
+                "route_completion": completion, "lap_completed": float(lap_completed),
+                "collisions": ep.get("collisions", 0), "lane_invasions": ep.get("lane_invasions", 0),
+                "mean_speed": ep.get("speed_sum", 0.0) / steps}

@@ -1,0 +1,157 @@
+"""A client with BridgeClient's surface that steps a WorldBackend in this process (no sockets).
+
+Used for the benchmark baseline (``python -m agent.bench``) and for quick experiments: an env whose
+endpoint is ``inprocess://builtin`` (optionally ``?sensors=FILE.json&seed=N``) runs the built-in world
+inside the env's own process.
+"""
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from bridge.errors import SessionError
+from bridge.spec import WorldSpec, validate_fields
+from carla_client.backend import VehicleControl, WorldBackend
+
+SCHEME = "inprocess://"
+
+
+class InProcessInfo(NamedTuple):
+    """Mirrors bridge.client.ServerInfo."""
+
+    protocol: str
+    sim_name: str
+    sim_version: str
+    spec: WorldSpec
+    session: str
+    shm: bool
+
+
+class InProcessReply(NamedTuple):
+    """Mirrors bridge.client.StepReply."""
+
+    frame: int
+    sim_time: float
+    observation: dict[str, np.ndarray]
+    measurements: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+class CallStats:
+    """Durations of recent calls and their rate: the same questions RoundTripStats answers."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self._durations: collections.deque[float] = collections.deque(maxlen=window)
+        self._ends: collections.deque[float] = collections.deque(maxlen=window)
+
+    def add(self, seconds: float) -> None:
+        self._durations.append(seconds)
+        self._ends.append(time.perf_counter())
+
+    def percentiles(self) -> tuple[float, float]:
+        if not self._durations:
+            return (float("nan"), float("nan"))
+        p50, p99 = np.percentile(np.fromiter(self._durations, float), [50, 99])
+        return (float(p50), float(p99))
+
+    def ticks_per_second(self) -> float:
+        if len(self._ends) < 2 or self._ends[-1] <= self._ends[0]:
+            return float("nan")
+        return (len(self._ends) - 1) / (self._ends[-1] - self._ends[0])
+
+
+class InProcessClient:
+    """Calls a WorldBackend directly; validates actions like the server does.
+
+    Args:
+        backend: the world; this client owns it and closes it in ``close()``.
+    """
+
+    def __init__(self, backend: WorldBackend) -> None:
+        self.backend = backend
+        self.stats = CallStats()
+        self._spec = backend.spec()
+        self._session: str | None = None
+        self._closed = False
+
+    def hello(self) -> InProcessInfo:
+        self.backend.stop()  # a new hello replaces any earlier session, as on the server
+        self.backend.start()
+        self._session = uuid.uuid4().hex
+        return InProcessInfo("inprocess", self.backend.name, self.backend.version, self._spec,
+                             self._session, False)
+
+    def _tick(self, call, *args) -> InProcessReply:
+        if self._session is None:
+            raise SessionError("no session: call hello() first")
+        start = time.perf_counter()
+        tick = call(*args)
+        self.stats.add(time.perf_counter() - start)
+        return InProcessReply(tick.frame, tick.sim_time, tick.observation, tick.measurements,
+                              tick.events)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> InProcessReply:
+        return self._tick(self.backend.reset, seed, dict(options or {}))
+
+    def step(self, action: dict[str, Any]) -> InProcessReply:
+        """Raises: SpecError if the action breaks VEHICLE_CONTROL_SPEC (as RemoteSpecError would)."""
+        fields = validate_fields(self._spec.action, action, "action")
+        return self._tick(self.backend.step, VehicleControl.from_fields(fields))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._session = None
+        self.backend.close()
+
+    def __enter__(self) -> "InProcessClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def world_from_endpoint(endpoint: str) -> WorldBackend:
+    """Builds the world named by ``inprocess://builtin[?sensors=FILE&seed=N&tick=S]``.
+
+    ``inprocess://ring`` is agent.testing.RingWorld, a test double.
+
+    Raises:
+        ValueError: not an inprocess endpoint, or an unknown world.
+    """
+    url = urlparse(endpoint)
+    if url.scheme != "inprocess" or url.netloc not in ("builtin", "ring"):
+        raise ValueError(f"{endpoint!r}: in process, the worlds are inprocess://builtin and "
+                         "inprocess://ring")
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    if url.netloc == "ring":
+        from agent.testing import RingWorld
+
+        return RingWorld(tick_seconds=float(query.get("tick", 0.05)))
+    # imported here so the trainer only needs the built-in world when it runs one in process
+    from carla_client.builtin import BuiltinWorld
+    from carla_client.sensors import load_sensors
+
+    return BuiltinWorld(sensors=load_sensors(query.get("sensors")),
+                        tick_seconds=float(query.get("tick", 0.05)),
+                        seed=int(query.get("seed", 0)))
+
+
+def is_inprocess(endpoint: str) -> bool:
+    return endpoint.startswith(SCHEME)
+
+
+def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> Any:
+    """A BridgeClient for tcp:// or ipc:// endpoints, an InProcessClient for inprocess:// ones."""
+    if is_inprocess(endpoint):
+        return InProcessClient(world_from_endpoint(endpoint))
+    from bridge.client import BridgeClient
+
+    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)

@@ -1,0 +1,168 @@
+"""Trains PPO on CarlaBridgeEnv: ``python -m agent.train [--config YAML] [key=value ...]``.
+
+A run lives in ``runs/<run_name>/``: ``config.yaml`` (the resolved config), TensorBoard event files,
+``checkpoints/ppo_<steps>_steps.zip`` and, when training completes, ``model.zip``. ``--resume
+CHECKPOINT`` continues that run's step count and TensorBoard curves. Ctrl-C or SIGTERM saves a
+checkpoint before exiting (exit code 130).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+from stable_baselines3.common.logger import configure
+
+from agent.callbacks import BridgeStatsCallback, DrivingMetricsCallback
+from agent.config import load_config, save_config
+from agent.policy import DrivingExtractor
+from agent.vec import make_vec_env
+
+log = logging.getLogger("agent.train")
+
+CHECKPOINT_PREFIX = "ppo"
+
+
+def checkpoint_path(run_dir: Path, steps: int) -> Path:
+    """Same naming as SB3's CheckpointCallback, so the latest checkpoint sorts by step count."""
+    return run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}_{steps}_steps.zip"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    def steps(p: Path) -> int:
+        m = re.search(r"_(\d+)_steps\.zip$", p.name)
+        return int(m.group(1)) if m else -1
+
+    found = sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}_*_steps.zip"), key=steps)
+    return found[-1] if found else None
+
+
+def run_dir_of_checkpoint(path: Path) -> Path:
+    """runs/<run>/checkpoints/x.zip -> runs/<run> (or the zip's own folder for a bare model)."""
+    parent = path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def env_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(config.get("env") or {})
+    kwargs["reward"] = dict(config.get("reward") or {})
+    if kwargs.get("camera_size") is not None:
+        kwargs["camera_size"] = tuple(kwargs["camera_size"])
+    return kwargs
+
+
+def build_model(config: dict[str, Any], venv: Any) -> PPO:
+    policy = dict(config.get("policy") or {})
+    policy_kwargs = {
+        "features_extractor_class": DrivingExtractor,
+        "features_extractor_kwargs": {"cnn_dim": int(policy.get("cnn_dim", 128)),
+                                      "state_dim": int(policy.get("state_dim", 64))},
+        "net_arch": list(policy.get("net_arch", [64, 64])),
+        "log_std_init": float(policy.get("log_std_init", 0.0)),
+    }
+    return PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs, seed=config.get("seed"),
+               device="cpu", verbose=0, **(config.get("ppo") or {}))
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> int:
+    """Runs (or continues) training; returns the process exit code."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    torch.set_num_threads(int(config.get("torch_threads", 1)))
+    n_envs = len(config["endpoints"])
+    venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
+                        **env_kwargs(config))
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    model = None
+    try:
+        if resume is not None:
+            model = PPO.load(resume, env=venv, device="cpu")
+            log.info("resumed %s at step %d", resume, model.num_timesteps)
+        else:
+            model = build_model(config, venv)
+        model.set_logger(configure(str(run_dir), ["tensorboard"]))
+        remaining = int(config["total_timesteps"]) - model.num_timesteps
+        if remaining <= 0:
+            log.info("already trained %d >= total_timesteps steps", model.num_timesteps)
+        else:
+            every = max(int(config.get("checkpoint_every", 10000)) // n_envs, 1)
+            callbacks = CallbackList([
+                CheckpointCallback(every, str(run_dir / "checkpoints"), CHECKPOINT_PREFIX),
+                DrivingMetricsCallback(), BridgeStatsCallback()])
+            started = time.monotonic()
+            model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
+                        progress_bar=bool(config.get("progress_bar", True)))
+            log.info("trained %d steps in %.0f s", remaining, time.monotonic() - started)
+        model.save(run_dir / "model.zip")
+        log.info("saved %s", run_dir / "model.zip")
+        return 0
+    except KeyboardInterrupt as e:
+        if model is not None:
+            path = checkpoint_path(run_dir, model.num_timesteps)
+            model.save(path)
+            log.warning("interrupted (%s): saved %s; continue with --resume %s", e or "Ctrl-C",
+                        path, path)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        try:
+            venv.close()
+        except (EOFError, BrokenPipeError, ConnectionError) as e:
+            log.debug("closing the envs: %s", e)
+        if model is not None and model.logger is not None:
+            model.logger.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m agent.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="config file (default: agent/configs/ppo.yaml; with --resume: the run's)")
+    parser.add_argument("--resume", metavar="CHECKPOINT", type=Path, default=None,
+                        help="continue from this checkpoint zip, in its run directory")
+    parser.add_argument("--run-name", metavar="NAME", default=None,
+                        help="runs/<NAME> (default: run_name from the config, else ppo-<time>)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. ppo.learning_rate=1e-4 total_timesteps=5000 "
+                             "endpoints=tcp://127.0.0.1:5556,tcp://127.0.0.1:5557")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    resume = args.resume
+    if resume is not None:
+        if resume.is_dir():  # a run directory: take its latest checkpoint
+            resume = latest_checkpoint(resume) or resume / "model.zip"
+        if not resume.is_file():
+            log.error("--resume %s: no such checkpoint", args.resume)
+            return 2
+        run_dir = run_dir_of_checkpoint(resume)
+        config_path = args.config or (run_dir / "config.yaml" if (run_dir / "config.yaml").is_file()
+                                      else None)
+        config = load_config(config_path, args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+        name = args.run_name or config.get("run_name") or time.strftime("ppo-%Y%m%d-%H%M%S")
+        config["run_name"] = name
+        run_dir = Path(config.get("runs_dir", "runs")) / name
+    if isinstance(config.get("endpoints"), str):
+        config["endpoints"] = [e.strip() for e in config["endpoints"].split(",") if e.strip()]
+    log.info("run directory %s", run_dir)
+    return train(config, run_dir, resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""CarlaBridgeEnv's logic on an in-process test world (no sim process): spaces, actions, reward, ends."""
+import math
+import warnings
+
+import gymnasium
+import numpy as np
+import pytest
+
+import agent  # noqa: F401  (registers CarlaBridge-v0)
+from agent.config import apply_overrides
+from agent.env import CarlaBridgeEnv
+from agent.inprocess import InProcessClient
+from agent.reward import TERMS, RewardConfig, compute_reward
+from agent.testing import FlakyClient, RingWorld
+from bridge.errors import BridgeTimeoutError, PeerDisconnectedError
+
+
+def ring_env(camera=(48, 80), flaky=False, **kwargs):
+    def factory():
+        client = InProcessClient(RingWorld(camera=camera))
+        return FlakyClient(client) if flaky else client
+
+    return CarlaBridgeEnv("inprocess://ring", client_factory=factory, **kwargs)
+
+
+@pytest.fixture
+def env():
+    with ring_env() as e:
+        yield e
+
+
+def test_spaces_from_spec(env):
+    assert env.observation_space["camera"].shape == (64, 64, 3)  # resized from the sim's 48x80
+    assert env.observation_space["camera"].dtype == np.uint8
+    assert env.observation_space["vehicle_state"].dtype == np.float32
+    assert env.action_space.shape == (2,)
+    obs, info = env.reset(seed=3)
+    assert obs in env.observation_space
+    assert info["frame"] == 0
+
+
+def test_state_only_when_no_camera():
+    with ring_env(camera=None) as e:
+        assert set(e.observation_space.spaces) == {"vehicle_state"}
+
+
+def test_camera_is_rgb_from_bgra():
+    with ring_env(camera_size=None) as e:
+        obs, _ = e.reset(seed=0)
+        image = obs["camera"]
+        assert image.shape == (48, 80, 3)
+        # RingWorld writes offset into the BGRA red channel (index 2): it must land in RGB index 0
+        assert image[0, 0, 1] == 100 and image[0, 0, 2] == 0 and image[0, 0, 0] > 0
+
+
+def test_gymnasium_and_sb3_checkers(env):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no spec to test render modes" and the like
+        check_env(env)
+        sb3_check_env(env)
+
+
+@pytest.mark.parametrize("bad", [[math.nan, 0.0], [0.0, math.inf], [-math.inf, 0.5]])
+def test_nan_and_inf_actions_raise(env, bad):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        env.step(np.array(bad, dtype=np.float32))
+
+
+def test_wrong_action_shape_raises(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(3))
+
+
+def test_out_of_range_actions_are_clipped(env):
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([3.0, -7.0]))
+    assert (info["steer"], info["throttle"], info["brake"]) == (1.0, 0.0, 1.0)
+    _, _, _, _, info = env.step(np.array([-1.5, 2.0]))
+    assert (info["steer"], info["throttle"], info["brake"]) == (-1.0, 1.0, 0.0)
+
+
+def test_out_of_range_can_raise():
+    with ring_env(out_of_range="raise") as e:
+        e.reset(seed=0)
+        with pytest.raises(ValueError, match="outside"):
+            e.step(np.array([0.0, 1.5]))
+
+
+def test_three_value_action_mode():
+    with ring_env(action_mode="3d") as e:
+        assert e.action_space.shape == (3,)
+        assert list(e.action_space.low) == [-1, 0, 0]
+        e.reset(seed=0)
+        _, _, _, _, info = e.step(np.array([0.25, 0.5, 0.125]))
+        assert (info["steer"], info["throttle"], info["brake"]) == (0.25, 0.5, 0.125)
+
+
+def test_reward_terms_in_info_sum_to_reward(env):
+    env.reset(seed=0)
+    for _ in range(20):
+        _, reward, _, _, info = env.step(np.array([0.0, 1.0]))
+    terms = [info[f"reward_{t}"] for t in TERMS]
+    assert reward == pytest.approx(sum(terms))
+    assert info["reward_progress"] > 0
+    assert {"frame", "sim_time"} <= set(info)
+    assert info["frame"] == 20 and info["sim_time"] == pytest.approx(1.0)
+
+
+def test_reward_weights_are_configurable():
+    with ring_env(reward={"progress": 0.0, "speed": 0.0, "centre": 0.0, "heading": 0.0}) as e:
+        e.reset(seed=0)
+        _, reward, _, _, _ = e.step(np.array([0.0, 1.0]))
+        assert reward == 0.0
+    with pytest.raises(ValueError, match="unknown reward"):
+        RewardConfig.from_dict({"progres": 1.0})
+
+
+def test_compute_reward_terms():
+    config = RewardConfig(progress=2.0, speed=1.0, target_speed=10.0, centre=1.0,
+                          lane_half_width=2.0, heading=0.0, collision=5.0, lane_invasion=1.0)
+    before = {"route_distance": 10.0}
+    after = {"route_distance": 10.5, "speed": 5.0, "lateral_offset": 1.0, "heading_error": 0.0,
+             "off_road": False}
+    events = [{"type": "collision"}, {"type": "lane_invasion"}, {"type": "lane_invasion"}]
+    total, terms = compute_reward(before, after, events, config)
+    assert terms["progress"] == pytest.approx(1.0)
+    assert terms["speed"] == pytest.approx(0.5)  # heading error 0: all of the speed is along the lane
+    assert terms["centre"] == pytest.approx(-0.25)
+    assert terms["collision"] == -5.0 and terms["lane_invasion"] == -2.0
+    assert total == pytest.approx(sum(terms.values()))
+
+
+def test_collision_terminates_with_episode_metrics(env):
+    env.reset(seed=0)
+    terminated = False
+    for _ in range(400):  # full right lock off the ring into the "wall"
+        _, _, terminated, truncated, info = env.step(np.array([1.0, 1.0]))
+        if terminated or truncated:
+            break
+    assert terminated
+    assert info["collisions"] >= 1 or info["off_road"]
+    metrics = info["episode_metrics"]
+    assert metrics["length"] == info["frame"]
+    assert not metrics["lap_completed"]
+
+
+def test_truncates_at_max_steps():
+    with ring_env(max_episode_steps=5) as e:
+        e.reset(seed=0)
+        results = [e.step(np.array([0.0, 0.0]))[2:4] for _ in range(5)]
+        assert results[-1] == (False, True)
+        assert all(r == (False, False) for r in results[:-1])
+
+
+def test_reconnect_ends_episode_as_truncated():
+    with ring_env(flaky=True, reconnect=True, reconnect_timeout=5) as e:
+        e.reset(seed=0)
+        first = e.client
+        e.client.fail_next = PeerDisconnectedError("sim died")
+        obs, reward, terminated, truncated, info = e.step(np.array([0.0, 0.5]))
+        assert info["bridge_reconnected"] and truncated and not terminated and reward == 0.0
+        assert obs in e.observation_space
+        assert e.client is not first
+        obs, _ = e.reset()
+        e.step(np.array([0.0, 0.5]))
+
+
+def test_without_reconnect_errors_propagate():
+    with ring_env(flaky=True) as e:
+        e.reset(seed=0)
+        e.client.fail_next = BridgeTimeoutError("no reply")
+        with pytest.raises(BridgeTimeoutError):
+            e.step(np.array([0.0, 0.5]))
+
+
+def test_close_is_idempotent_and_context_manager():
+    e = ring_env()
+    with e:
+        e.reset(seed=0)
+    e.close()
+    e.close()
+    with pytest.raises(RuntimeError):
+        e.reset()
+
+
+def test_gymnasium_make_registered():
+    e = gymnasium.make("CarlaBridge-v0", endpoint="inprocess://ring", max_episode_steps=50)
+    try:
+        obs, _ = e.reset(seed=1)
+        assert obs in e.observation_space
+    finally:
+        e.close()
+        e.close()
+
+
+def test_config_overrides():
+    base = {"endpoints": ["a"], "total_timesteps": 10, "ppo": {"learning_rate": 3e-4}}
+    out = apply_overrides(base, ["ppo.learning_rate=1e-4", "total_timesteps=5000",
+                                 "endpoints=tcp://h:1,tcp://h:2", "reward.speed=0.5"])
+    assert out["ppo"]["learning_rate"] == 1e-4 and out["total_timesteps"] == 5000
+    assert out["endpoints"] == ["tcp://h:1", "tcp://h:2"] and out["reward"] == {"speed": 0.5}
+    assert base["total_timesteps"] == 10
+    with pytest.raises(ValueError, match="unknown key"):
+        apply_overrides(base, ["total_timestep=5"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(base, ["oops"])

@@ -1,0 +1,98 @@
+"""Smoke runs of `python -m agent.train` and `python -m agent.evaluate` against a real sim process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.simproc import wait_for_sim
+from tests.interpreters import REPO_ROOT, free_tcp_endpoint, subprocess_env
+
+TINY = ["ppo.n_steps=64", "ppo.batch_size=32", "ppo.n_epochs=1", "checkpoint_every=128",
+        "progress_bar=false", "env.max_episode_steps=100", "policy.cnn_dim=32"]
+
+
+def agent_command(module, *args):
+    return [sys.executable, "-m", module, *args]
+
+
+def run(command, timeout=120):
+    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result
+
+
+def scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [e.step for e in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture
+def endpoint(sim_process):
+    endpoint = free_tcp_endpoint()
+    proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint])
+    try:
+        wait_for_sim(endpoint, proc.alive, 30.0)
+    except RuntimeError as e:
+        pytest.fail(f"{e}:\n{proc.log_tail()}")
+    return endpoint
+
+
+def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
+    runs = tmp_path / "runs"
+    common = [f"endpoints={endpoint}", f"runs_dir={runs}", *TINY]
+    run(agent_command("agent.train", "--run-name", "smoke", "total_timesteps=256", *common))
+    run_dir = runs / "smoke"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "model.zip").is_file()
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["ppo_128_steps.zip", "ppo_256_steps.zip"]
+
+    run(agent_command("agent.train", "--resume", str(run_dir / "checkpoints" / "ppo_256_steps.zip"),
+                      "total_timesteps=512", f"endpoints={endpoint}"))
+    assert (run_dir / "checkpoints" / "ppo_512_steps.zip").is_file()
+    tags = scalars(run_dir)
+    for tag in ("rollout/ep_rew_mean", "train/loss", "reward/progress", "episode/return",
+                "episode/route_completion", "episode/collisions", "episode/lane_invasions",
+                "episode/mean_speed", "bridge/round_trip_p50_ms", "bridge/round_trip_p99_ms",
+                "bridge/sim_ticks_per_s"):
+        assert tag in tags, f"{tag} missing; logged: {sorted(tags)}"
+    steps = tags["time/fps"]
+    assert max(steps) == 512 and steps == sorted(steps)  # the resumed run continued the count
+
+    video = tmp_path / "eval.mp4"
+    result = run(agent_command("agent.evaluate", "--model", str(run_dir / "model.zip"),
+                               "--episodes", "2", "--video", str(video), "--endpoint", endpoint,
+                               "env.max_episode_steps=20"))
+    assert "lap" in result.stdout and video.stat().st_size > 1000
+
+
+def test_sigterm_saves_a_checkpoint(endpoint, tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        agent_command("agent.train", "--run-name", "interrupted", "total_timesteps=1000000",
+                      f"endpoints={endpoint}", f"runs_dir={runs}", *TINY, "checkpoint_every=1000000"),
+        cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        # training has started once TensorBoard has an event file with a dumped iteration
+        while not any(p.stat().st_size > 200 for p in (runs / "interrupted").glob("events.*")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr[-3000:]
+    saved = list((runs / "interrupted" / "checkpoints").glob("ppo_*_steps.zip"))
+    assert len(saved) == 1 and int(saved[0].name.split("_")[1]) >= 64
