@@ -6,63 +6,18 @@ inside the env's own process.
 """
 from __future__ import annotations
 
-import collections
 import time
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import numpy as np
-
+from bridge import protocol
+from bridge.client import RoundTripStats, ServerInfo, StepReply
 from bridge.errors import SessionError
-from bridge.spec import WorldSpec, validate_fields
+from bridge.spec import validate_fields
 from carla_client.backend import VehicleControl, WorldBackend
 
 SCHEME = "inprocess://"
-
-
-class InProcessInfo(NamedTuple):
-    """Mirrors bridge.client.ServerInfo."""
-
-    protocol: str
-    sim_name: str
-    sim_version: str
-    spec: WorldSpec
-    session: str
-    shm: bool
-
-
-class InProcessReply(NamedTuple):
-    """Mirrors bridge.client.StepReply."""
-
-    frame: int
-    sim_time: float
-    observation: dict[str, np.ndarray]
-    measurements: dict[str, Any]
-    events: list[dict[str, Any]]
-
-
-class CallStats:
-    """Durations of recent calls and their rate: the same questions RoundTripStats answers."""
-
-    def __init__(self, window: int = 1000) -> None:
-        self._durations: collections.deque[float] = collections.deque(maxlen=window)
-        self._ends: collections.deque[float] = collections.deque(maxlen=window)
-
-    def add(self, seconds: float) -> None:
-        self._durations.append(seconds)
-        self._ends.append(time.perf_counter())
-
-    def percentiles(self) -> tuple[float, float]:
-        if not self._durations:
-            return (float("nan"), float("nan"))
-        p50, p99 = np.percentile(np.fromiter(self._durations, float), [50, 99])
-        return (float(p50), float(p99))
-
-    def ticks_per_second(self) -> float:
-        if len(self._ends) < 2 or self._ends[-1] <= self._ends[0]:
-            return float("nan")
-        return (len(self._ends) - 1) / (self._ends[-1] - self._ends[0])
 
 
 class InProcessClient:
@@ -74,35 +29,35 @@ class InProcessClient:
 
     def __init__(self, backend: WorldBackend) -> None:
         self.backend = backend
-        self.stats = CallStats()
+        self.stats = RoundTripStats()  # the same statistics a BridgeClient keeps
         self._spec = backend.spec()
         self._session: str | None = None
         self._closed = False
 
-    def hello(self) -> InProcessInfo:
+    def hello(self) -> ServerInfo:
         self.backend.stop()  # a new hello replaces any earlier session, as on the server
         self.backend.start()
         self._session = uuid.uuid4().hex
-        return InProcessInfo("inprocess", self.backend.name, self.backend.version, self._spec,
+        return ServerInfo("inprocess", self.backend.name, self.backend.version, self._spec,
                              self._session, False)
 
-    def _tick(self, call, *args) -> InProcessReply:
+    def _tick(self, command: str, call, *args) -> StepReply:
         if self._session is None:
             raise SessionError("no session: call hello() first")
         start = time.perf_counter()
         tick = call(*args)
-        self.stats.add(time.perf_counter() - start)
-        return InProcessReply(tick.frame, tick.sim_time, tick.observation, tick.measurements,
+        self.stats.record(command, time.perf_counter() - start)
+        return StepReply(tick.frame, tick.sim_time, tick.observation, tick.measurements,
                               tick.events)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> InProcessReply:
-        return self._tick(self.backend.reset, seed, dict(options or {}))
+              ) -> StepReply:
+        return self._tick(protocol.RESET, self.backend.reset, seed, dict(options or {}))
 
-    def step(self, action: dict[str, Any]) -> InProcessReply:
+    def step(self, action: dict[str, Any]) -> StepReply:
         """Raises: SpecError if the action breaks VEHICLE_CONTROL_SPEC (as RemoteSpecError would)."""
         fields = validate_fields(self._spec.action, action, "action")
-        return self._tick(self.backend.step, VehicleControl.from_fields(fields))
+        return self._tick(protocol.STEP, self.backend.step, VehicleControl.from_fields(fields))
 
     def close(self) -> None:
         if self._closed:

@@ -9,7 +9,7 @@ import logging
 import math
 import queue
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 

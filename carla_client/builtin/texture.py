@@ -7,7 +7,7 @@ full-resolution class map. Texel (row, col) covers x from ``x0 + col * res`` and
 """
 import functools
 import math
-from typing import List, NamedTuple, Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 
