@@ -47,8 +47,7 @@ class InProcessClient:
         start = time.perf_counter()
         tick = call(*args)
         self.stats.record(command, time.perf_counter() - start)
-        return StepReply(tick.frame, tick.sim_time, tick.observation, tick.measurements,
-                              tick.events)
+        return tick  # a backend's Tick is what BridgeClient returns as a StepReply
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> StepReply:

@@ -23,7 +23,7 @@ from bridge.protocol import PROTOCOL_VERSION
 from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
                            SessionError, VersionMismatchError, remote_error)
 from bridge.shm import ShmReader, shm_available
-from bridge.spec import WorldSpec
+from bridge.spec import Tick, WorldSpec
 from bridge.transport import (ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint,
                               send_frames)
 
@@ -48,19 +48,8 @@ class ServerInfo(NamedTuple):
     shm: bool
 
 
-class StepReply(NamedTuple):
-    """One tick as the sim side reported it (see carla_client.backend.Tick).
-
-    Arrays are read-only views of receive buffers or of shared memory. Views of shared memory stay
-    valid until the client sends the request after next (the server then rewrites their slot);
-    construct the client with ``copy_arrays=True`` to get private copies.
-    """
-
-    frame: int
-    sim_time: float
-    observation: Dict[str, np.ndarray]
-    measurements: Dict[str, Any]
-    events: List[Dict[str, Any]]
+#: one tick as the sim side reported it (see bridge.spec.Tick for the validity of its arrays).
+StepReply = Tick
 
 
 class RoundTripStats(object):

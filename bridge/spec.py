@@ -175,3 +175,27 @@ def validate_fields(specs: Sequence[FieldSpec], values: Dict[str, Any], what: st
 
 def field_names(specs: Sequence[FieldSpec]) -> List[str]:
     return [s.name for s in specs]
+
+
+class Tick(NamedTuple):
+    """What one simulation tick produced: what a world backend returns and a reset/step reply carries.
+
+    On the trainer's side (``bridge.client.StepReply`` is this class) arrays are read-only views of
+    receive buffers or of shared memory. Views of shared memory stay valid until the client sends the
+    request after next (the server then rewrites their slot); construct the client with
+    ``copy_arrays=True`` to get private copies.
+
+    Attributes:
+        frame: the simulator's frame id (CARLA's ``world.tick()`` return value); +1 per tick.
+        sim_time: simulation time in seconds since the world started (``snapshot.timestamp``).
+        observation: sensor name -> array, matching the spec's ``observation`` fields.
+        measurements: name -> scalar or small array, matching the spec's ``measurements`` fields.
+        events: this tick's events, e.g. ``{"type": "collision", "frame": 12, "other": "vehicle",
+            "intensity": 3.1}`` or ``{"type": "lane_invasion", "frame": 12, "markings": ["Solid"]}``.
+    """
+
+    frame: int
+    sim_time: float
+    observation: Dict[str, np.ndarray]
+    measurements: Dict[str, Any]
+    events: List[Dict[str, Any]]

@@ -4,11 +4,11 @@ The server (carla_client/serve.py) owns the protocol; a backend owns the world. 
 lives for the whole process; a *session* (one connected trainer) runs between ``start()`` and
 ``stop()``, and a process may see many sessions.
 """
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 
-from bridge.spec import FieldSpec, WorldSpec
+from bridge.spec import FieldSpec, Tick, WorldSpec  # Tick: one tick, as both sides see it
 
 #: the action every backend accepts, field by field (carla.VehicleControl's fields and ranges).
 VEHICLE_CONTROL_SPEC = (
@@ -34,25 +34,6 @@ class VehicleControl(NamedTuple):
         """Builds a control from fields already validated against VEHICLE_CONTROL_SPEC."""
         return cls(float(fields["throttle"]), float(fields["steer"]), float(fields["brake"]),
                    bool(fields["hand_brake"]), bool(fields["reverse"]))
-
-
-class Tick(NamedTuple):
-    """What one simulation tick produced, as sent to the trainer in reset/step replies.
-
-    Attributes:
-        frame: the simulator's frame id (CARLA's ``world.tick()`` return value); +1 per tick.
-        sim_time: simulation time in seconds since the world started (``snapshot.timestamp``).
-        observation: sensor name -> array, matching the spec's ``observation`` fields.
-        measurements: name -> scalar or small array, matching the spec's ``measurements`` fields.
-        events: this tick's events, e.g. ``{"type": "collision", "frame": 12, "other": "vehicle",
-            "intensity": 3.1}`` or ``{"type": "lane_invasion", "frame": 12, "markings": ["Solid"]}``.
-    """
-
-    frame: int
-    sim_time: float
-    observation: Dict[str, np.ndarray]
-    measurements: Dict[str, Any]
-    events: List[Dict[str, Any]]
 
 
 class WorldBackend(object):
