@@ -1,7 +1,9 @@
 """SB3 callbacks that write driving and bridge metrics to the run's logger (TensorBoard)."""
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -60,3 +62,44 @@ class BridgeStatsCallback(BaseCallback):
             self.logger.record("bridge/round_trip_p99_ms", 1000.0 * float(np.mean(p99)))
         if tps:
             self.logger.record("bridge/sim_ticks_per_s", float(np.sum(tps)))
+
+
+class ProgressLogCallback(BaseCallback):
+    """Logs one line per rollout (steps, steps/s, mean episode return and route completion).
+
+    Without a terminal (under the launcher the progress bar is off and the output goes to
+    ``runs/<run>/logs/trainer.log``) this is how a person sees that training moves.
+    """
+
+    def __init__(self, log: logging.Logger, total_timesteps: int) -> None:
+        super().__init__()
+        self._log = log
+        self._total = total_timesteps
+        self._started = time.monotonic()
+        self._start_steps = 0
+        self._returns: list[float] = []
+        self._completions: list[float] = []
+
+    def _on_training_start(self) -> None:
+        self._started = time.monotonic()
+        self._start_steps = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            metrics = info.get("episode_metrics")
+            if metrics is not None:
+                self._returns.append(float(metrics["return"]))
+                self._completions.append(float(metrics["route_completion"]))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = (self.num_timesteps - self._start_steps) / elapsed
+        episodes = ""
+        if self._returns:
+            episodes = "; {} episodes: mean return {:.1f}, route completion {:.0%}".format(
+                len(self._returns), float(np.mean(self._returns)), float(np.mean(self._completions)))
+        self._log.info("step %d/%d (%.0f steps/s)%s", self.num_timesteps, self._total, rate,
+                       episodes)
+        self._returns.clear()
+        self._completions.clear()

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from agent.inprocess import make_client
 from agent.observation import StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
-from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError
+from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ class CarlaBridgeEnv(gym.Env):
                 time.sleep(0.5)  # the sim is restarting; the connect itself waits on the socket
                 continue
             if info.spec != self.server_info.spec:
-                raise RuntimeError(f"the sim at {self.endpoint} came back with a different spec; "
-                                   "the env's spaces no longer match it") from cause
+                raise SpecError(f"the sim at {self.endpoint} came back with a different spec; "
+                                "the env's spaces no longer match it") from cause
             self.server_info = info
             return
 

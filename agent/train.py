@@ -21,7 +21,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 from stable_baselines3.common.logger import configure
 
-from agent.callbacks import BridgeStatsCallback, DrivingMetricsCallback
+from agent.callbacks import BridgeStatsCallback, DrivingMetricsCallback, ProgressLogCallback
 from agent.config import load_config, save_config
 from agent.policy import DrivingExtractor
 from agent.vec import make_vec_env
@@ -85,6 +85,8 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
     venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
                         **env_kwargs(config))
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    if hasattr(signal, "SIGBREAK"):  # Windows: the launcher stops children with Ctrl-Break
+        signal.signal(signal.SIGBREAK, _raise_interrupt)
     model = None
     try:
         if resume is not None:
@@ -100,7 +102,8 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             every = max(int(config.get("checkpoint_every", 10000)) // n_envs, 1)
             callbacks = CallbackList([
                 CheckpointCallback(every, str(run_dir / "checkpoints"), CHECKPOINT_PREFIX),
-                DrivingMetricsCallback(), BridgeStatsCallback()])
+                DrivingMetricsCallback(), BridgeStatsCallback(),
+                ProgressLogCallback(log, int(config["total_timesteps"]))])
             started = time.monotonic()
             model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
                         progress_bar=bool(config.get("progress_bar", True)))

@@ -48,7 +48,8 @@ def endpoint(sim_process):
 def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
     runs = tmp_path / "runs"
     common = [f"endpoints={endpoint}", f"runs_dir={runs}", *TINY]
-    run(agent_command("agent.train", "--run-name", "smoke", "total_timesteps=256", *common))
+    first = run(agent_command("agent.train", "--run-name", "smoke", "total_timesteps=256", *common))
+    assert "step 128/256" in first.stderr and "step 256/256" in first.stderr  # progress in the log
     run_dir = runs / "smoke"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "model.zip").is_file()
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
