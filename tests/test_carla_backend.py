@@ -5,15 +5,19 @@ everything else (WorldSettings, Transform, VehicleControl, Vector3D, command.Des
 is CARLA's own. Tests needing ``carla`` skip with a visible reason when it is missing, and fail under
 CI=true. One test talks to the real client with no server; one needs a real server (carla_server mark).
 """
+import contextlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from bridge.client import BridgeClient
 from bridge.errors import BridgeError, BridgeTimeoutError, SpecError
 from bridge.server import BridgeServer
 from carla_client import carla_api
@@ -640,66 +644,59 @@ def test_against_a_real_server(carla):
 
 # -- the whole way through the bridge ------------------------------------------------------------
 
+@contextlib.contextmanager
+def carla_world_served(carla, endpoint):
+    """CarlaWorld on a fake server behind a real BridgeServer in a thread; yields (fake, bridge).
+
+    On exit the bridge is closed and the fake server must be exactly as before (settings, actors).
+    """
+    server = fake_carla.FakeServer(carla, spawn_point_count=4)
+    backend = CarlaWorld(sensors=default_sensors(16, 16), carla_module=server.module, timeout=5.0)
+    stop = threading.Event()
+    with backend, BridgeServer(WorldSessionHandler(backend), bind=endpoint,
+                               use_shm=False) as bridge:
+        thread = threading.Thread(target=bridge.serve, kwargs={"should_stop": stop.is_set},
+                                  daemon=True)
+        thread.start()
+        try:
+            yield server, bridge
+        finally:
+            stop.set()
+            thread.join(10.0)
+    assert not thread.is_alive()
+    assert_restored(server)
+
+
 class TestCarlaWorldThroughTheBridge(WorldServerCompliance):
     """The compliance suite, over the real bridge, with CarlaWorld on the fake server."""
 
     @pytest.fixture
     def endpoint(self, carla, tcp_endpoint):
-        server = fake_carla.FakeServer(carla, spawn_point_count=4)
-        backend = CarlaWorld(sensors=default_sensors(16, 16), carla_module=server.module,
-                             timeout=5.0)
-        stop = threading.Event()
-        with backend, BridgeServer(WorldSessionHandler(backend), bind=tcp_endpoint,
-                                   use_shm=False) as bridge:
-            thread = threading.Thread(target=bridge.serve, kwargs={"should_stop": stop.is_set},
-                                      daemon=True)
-            thread.start()
-            try:
-                yield bridge.endpoint
-            finally:
-                stop.set()
-                thread.join(10.0)
-        assert not thread.is_alive()
-        assert_restored(server)
+        with carla_world_served(carla, tcp_endpoint) as (_, bridge):
+            yield bridge.endpoint
 
 
 def test_a_trainer_that_dies_gets_the_carla_world_restored_and_a_successor_is_served(
         carla, tcp_endpoint, sim_process):
     """kill -9 of the trainer process: no close, no goodbye. The server notices the missing
     heartbeats, restores the settings and destroys its actors, then serves the next trainer."""
-    from bridge.client import BridgeClient
-
-    server = fake_carla.FakeServer(carla, spawn_point_count=4)
-    backend = CarlaWorld(sensors=default_sensors(16, 16), carla_module=server.module, timeout=5.0)
-    stop = threading.Event()
-    with backend, BridgeServer(WorldSessionHandler(backend), bind=tcp_endpoint,
-                               use_shm=False) as bridge:
-        thread = threading.Thread(target=bridge.serve, kwargs={"should_stop": stop.is_set},
-                                  daemon=True)
-        thread.start()
-        try:
-            import sys
-            trainer = sim_process(["-m", "tests.peers.stepping_client", "--connect", bridge.endpoint,
-                                   "--heartbeat", "0.1"], python=sys.executable, name="trainer")
-            deadline = time.monotonic() + 30
-            while not server.settings.synchronous_mode and time.monotonic() < deadline:
-                time.sleep(0.02)  # polling the fake server's recorded state, not a socket
-            assert server.settings.synchronous_mode is True, "the trainer never started a session"
-            assert server.actors, "no ego or sensors were spawned"
-            import signal
-            os.killpg(trainer.proc.pid, signal.SIGKILL)  # no close, no goodbye
-            deadline = time.monotonic() + 5
-            while bridge.session is not None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert bridge.session is None, "the server kept the dead trainer's session"
-            assert_restored(server)
-            with BridgeClient(bridge.endpoint, timeout=10.0) as successor:
-                successor.hello()
-                first = successor.reset(seed=1)
-                assert successor.step({"throttle": 0.2, "steer": 0.0, "brake": 0.0,
-                                       "hand_brake": False, "reverse": False}).frame == first.frame + 1
-                assert server.settings.synchronous_mode is True
-        finally:
-            stop.set()
-            thread.join(10.0)
-    assert_restored(server)
+    with carla_world_served(carla, tcp_endpoint) as (server, bridge):
+        trainer = sim_process(["-m", "tests.peers.stepping_client", "--connect", bridge.endpoint,
+                               "--heartbeat", "0.1"], python=sys.executable, name="trainer")
+        deadline = time.monotonic() + 30
+        while not server.settings.synchronous_mode and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the fake server's recorded state, not a socket
+        assert server.settings.synchronous_mode is True, "the trainer never started a session"
+        assert server.actors, "no ego or sensors were spawned"
+        os.killpg(trainer.proc.pid, signal.SIGKILL)  # no close, no goodbye
+        deadline = time.monotonic() + 5
+        while bridge.session is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert bridge.session is None, "the server kept the dead trainer's session"
+        assert_restored(server)
+        with BridgeClient(bridge.endpoint, timeout=10.0) as successor:
+            successor.hello()
+            first = successor.reset(seed=1)
+            assert successor.step({"throttle": 0.2, "steer": 0.0, "brake": 0.0,
+                                   "hand_brake": False, "reverse": False}).frame == first.frame + 1
+            assert server.settings.synchronous_mode is True
