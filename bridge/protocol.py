@@ -23,9 +23,10 @@ SESSION_COMMANDS = (RESET, STEP, CLOSE)
 
 #: largest message (all frames together) either side accepts, unless configured otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: arrays at least this large travel in their own frame (zero-copy pays above ~64 KiB: see
-#: ../shared/TRANSPORT_FACTS.md); smaller ones go inline in the msgpack header.
-DEFAULT_INLINE_LIMIT = 64 * 1024
+#: arrays at least this large travel in their own frame; smaller ones go inline in the msgpack header.
+#: Inline costs two extra copies plus the extension machinery, which measurably slows an 84x84x3
+#: camera (docs/benchmarks.md); frames under 64 KiB are still copied by ZeroMQ, larger ones are not.
+DEFAULT_INLINE_LIMIT = 4 * 1024
 #: arrays at least this large use the shared-memory path when it was negotiated.
 DEFAULT_SHM_LIMIT = 64 * 1024
 
