@@ -124,8 +124,8 @@ def test_command_lines():
     assert argv[:3] == ["/sim/python", "-m", "carla_client"]
     assert argv[argv.index("--bind") + 1] == "tcp://127.0.0.1:6001"
     assert argv[argv.index("--seed") + 1] == "8" and "--host" not in argv
-    carla = load_config(None, ["carla.executable=/opt/carla/CarlaUE4.sh", "carla.port=2000",
-                               "carla.port_stride=3"])
+    carla = load_config(None, ["clients.count=2", "carla.executable=/opt/carla/CarlaUE4.sh",
+                               "carla.port=2000", "carla.port_stride=3"])
     argv = commands.client_argv(carla, 1, "py")
     assert argv[argv.index("--world") + 1] == "carla"
     assert argv[argv.index("--port") + 1] == "2003" and argv[argv.index("--tm-port") + 1] == "8001"
