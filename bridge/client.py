@@ -314,7 +314,8 @@ class BridgeClient(object):
             if self._socket.poll(min(remaining, _LIVENESS_SLICE_SECONDS) * 1000):
                 reply = self._receive(seq)
                 if reply is None or reply.get("seq") != seq:
-                    logger.debug("dropping stale reply %r while waiting for %d", reply.get("seq"), seq)
+                    logger.debug("dropping stale reply %r while waiting for %d",
+                                 None if reply is None else reply.get("seq"), seq)
                     continue
                 self.stats.record(command, time.monotonic() - started)
                 if not reply.get("ok"):

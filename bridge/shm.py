@@ -1,8 +1,9 @@
 """Same-host fast path: large arrays through an mmap'd file under /dev/shm instead of TCP frames.
 
 The server creates one file per session, ``/dev/shm/carla-zmq-bridge-<pid>-<hex>``, laid out as a
-64-byte header (magic ``CZBSHM01``, then an 8-byte random token, then zeros) followed by ``SLOTS`` equal slots. Reply
-number *n* of a session writes its large arrays into slot ``n % SLOTS``; the client maps the file
+64-byte header (magic ``CZBSHM01``, then an 8-byte random token, then zeros) followed by ``SLOTS``
+equal slots. Reply number *n* of a session writes its large arrays into slot ``n % SLOTS``; the
+client maps the file
 read-only and proves it sees the same file (so the same host) by checking the token announced in the
 ``hello`` reply. With two slots, an array received in reply *n* stays valid while the client sends
 request *n+1*; the server overwrites its slot while handling request *n+2*. The client copies when

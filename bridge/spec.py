@@ -120,7 +120,11 @@ class FieldSpec(NamedTuple):
         if self.high is not None and value > self.high:
             raise SpecError("field {!r}: {!r} is above its upper bound {}".format(
                 self.name, value, self.high))
-        return np.array(value, dtype=self.dtype)
+        try:
+            return np.array(value, dtype=self.dtype)
+        except OverflowError as e:  # a Python int beyond the dtype's range (no bounds set)
+            raise SpecError("field {!r}: {!r} does not fit {}".format(
+                self.name, value, self.dtype)) from e
 
 
 class WorldSpec(NamedTuple):

@@ -386,3 +386,26 @@ def test_ipv6_loopback_works():
         stop.set()
         thread.join(5)
         srv.close()
+
+
+def test_a_stale_reply_that_no_longer_decodes_is_dropped_not_fatal(serve):
+    """A late reply that referred to shared memory arrives after a new hello that has none: the
+    client must skip it (it is not the answer it waits for) rather than fail the new request."""
+    server = serve(CountingHandler(height=300, width=400, step_delay=0.4))
+    with BridgeClient(server.endpoint, timeout=0.1, hello_timeout=5.0, use_shm=True) as client:
+        assert client.hello().shm
+        client.timeout = 5.0
+        client.reset()
+        client.timeout = 0.1
+        with pytest.raises(BridgeTimeoutError):
+            client.step(ACTION)  # its shm reply arrives late, after the next hello
+        client.use_shm = False
+        client.hello()  # no shared memory in this session: the late reply cannot be decoded
+        client.timeout = 5.0
+        assert client.reset().frame == 0
+
+
+def test_an_int_beyond_the_dtype_range_is_a_spec_error():
+    from bridge.spec import FieldSpec
+    with pytest.raises(SpecError, match="does not fit"):
+        FieldSpec("gear", "int8", ()).validate(10 ** 30)
