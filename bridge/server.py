@@ -10,15 +10,16 @@ import logging
 import secrets
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import zmq
 
 from bridge import protocol
-from bridge.codec import Encoder, decode, peek_seq
-from bridge.errors import (BridgeError, ProtocolError, SessionError, VersionMismatchError,
-                           wire_code)
+from bridge.codec import Encoder, decode, frames_size, peek_seq
+from bridge.errors import (BridgeError, MessageTooLargeError, ProtocolError, SessionError,
+                           VersionMismatchError, quote, truncate, wire_code)
+from bridge.guard import DEFAULT_MEMORY_BUDGET, ConnectionGuard
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
 from bridge.spec import WorldSpec, validate_fields
 from bridge.transport import check_bind_endpoint, make_socket, send_frames
@@ -48,6 +49,27 @@ class SessionHandler(object):
         """The trainer is gone: restore the world's settings and destroy actors. Idempotent."""
 
 
+class _LogLimiter(object):
+    """Lets at most ``burst`` log lines through per ``window`` seconds and counts the rest, so a peer
+    that sends garbage in a loop cannot flood the log (or block the server on a full stderr pipe)."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst, self.window = burst, window
+        self._window_start = time.monotonic()
+        self._count = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= self.window:
+            suppressed = self._count - self.burst
+            if suppressed > 0:
+                logger.warning("%d more rejected request(s) in the last %.0f s not logged",
+                               suppressed, now - self._window_start)
+            self._window_start, self._count = now, 0
+        self._count += 1
+        return self._count <= self.burst
+
+
 class _Session(object):
     def __init__(self, peer: bytes, timeout: float, shm: Optional[ShmWriter]) -> None:
         self.id = secrets.token_hex(8)
@@ -68,12 +90,17 @@ class BridgeServer(object):
         idle_timeout: seconds of silence after which a session without heartbeats is ended.
         max_message_bytes: larger requests get a MessageTooLargeError reply.
         shm_limit: arrays of at least this many bytes go through shared memory when negotiated.
+        max_reply_bytes: a larger reply is replaced by a MessageTooLargeError reply.
+        memory_budget: growth in bytes of this process over its size at start after which peers'
+            connections are dropped (bridge/guard.py); 0 turns the guard off.
     """
 
     def __init__(self, handler: SessionHandler, bind: str = protocol.DEFAULT_ENDPOINT,
                  allow_remote: bool = False, use_shm: bool = True, idle_timeout: float = 60.0,
-                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 shm_limit: int = protocol.DEFAULT_SHM_LIMIT) -> None:
+                 max_message_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
+                 shm_limit: int = protocol.DEFAULT_SHM_LIMIT,
+                 max_reply_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         check_bind_endpoint(bind, allow_remote)
         self.handler = handler
         description = handler.describe()
@@ -83,10 +110,13 @@ class BridgeServer(object):
         self.use_shm = use_shm and shm_available()
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
+        self.max_reply_bytes = max_reply_bytes
         self.shm_limit = shm_limit
         self.session = None  # type: Optional[_Session]
         self.sessions_served = 0
         self.requests_served = 0
+        self._request_fd = None  # type: Optional[int]
+        self._rejections = _LogLimiter()
         self._encoder = Encoder()
         self._context = zmq.Context()
         self._socket = make_socket(self._context, zmq.ROUTER, max_message_bytes, bind)
@@ -98,6 +128,8 @@ class BridgeServer(object):
             raise BridgeError("cannot listen on {}: {} (is another carla_client already using this "
                               "port?)".format(bind, e)) from e
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.guard = ConnectionGuard(self._socket, memory_budget)
+        self.guard.start()
         if self.use_shm:
             remove_stale_files()
         self.closed = False
@@ -119,34 +151,60 @@ class BridgeServer(object):
         self._expire_silent_session()
         if not self._socket.poll(timeout * 1000):
             return False
-        frames = self._socket.recv_multipart()  # requests are small: plain bytes are cheapest
-        self._handle(frames)
+        frames, dropped = self._receive()
+        self._handle(frames, dropped)
         return True
 
-    def _handle(self, frames: List[Any]) -> None:
-        peer = frames[0]
+    @staticmethod
+    def _source_fd(frames: List[Any]) -> Optional[int]:
+        """The descriptor of the connection a message came in on (libzmq's ZMQ_SRCFD)."""
+        for frame in frames[1:2]:  # the routing-id frame carries none; the body frames do
+            try:
+                return frame.get(zmq.SRCFD)
+            except (zmq.ZMQError, AttributeError):
+                return None
+        return None
+
+    def _receive(self) -> Tuple[List[Any], int]:
+        """The next message's frames, read one by one; frames past the limits are dropped unread.
+
+        libzmq has buffered the whole message already (it only delivers complete ones): reading it
+        frame by frame without copies keeps an oversized one from being duplicated into Python
+        objects. Returns (routing id + kept frames, number of frames dropped).
+        """
+        frames = []  # type: List[Any]
+        kept_bytes = dropped = 0
+        more = True
+        while more:
+            frame = self._socket.recv(copy=False)
+            more = frame.more
+            size = len(frame)
+            if dropped or len(frames) > protocol.MAX_REQUEST_FRAMES + 1 or (
+                    len(frames) > 1 and kept_bytes + size > self.max_message_bytes):
+                dropped += 1  # the routing id and the header are kept: enough for a typed reply
+            else:
+                frames.append(frame)
+                kept_bytes += size if len(frames) > 1 else 0
+        return frames, dropped
+
+    def _handle(self, frames: List[Any], dropped: int = 0) -> None:
+        peer = frames[0].bytes
+        self._request_fd = self._source_fd(frames)
         body_frames = frames[1:]
         envelope = []  # type: List[bytes]
         if body_frames and len(body_frames[0]) == 0:  # a REQ client's empty delimiter
             envelope, body_frames = [b""], body_frames[1:]
         seq = None
         try:
+            if dropped:
+                raise MessageTooLargeError(
+                    "request exceeds the limit of {} bytes or {} frames ({} frame(s) discarded)"
+                    .format(self.max_message_bytes, protocol.MAX_REQUEST_FRAMES, dropped))
             request = decode(body_frames, self.max_message_bytes)
-            if not isinstance(request, dict):
-                raise ProtocolError("request is not a map")
-            seq = request.get("seq")
-            command = request.get("cmd")
-            if not isinstance(seq, int) or isinstance(seq, bool):
-                raise ProtocolError("request has no integer 'seq'")
+            seq, command, session, body = _check_header(request)
             if command == protocol.HEARTBEAT:
                 self._heartbeat(request)
                 return  # heartbeats get no reply
-            if command not in self._handlers:
-                raise ProtocolError("unknown command {!r}; known: {}".format(
-                    command, ", ".join(protocol.COMMANDS)))
-            body = request.get("body") or {}
-            if not isinstance(body, dict):
-                raise ProtocolError("request body must be a map")
             if command in protocol.SESSION_COMMANDS:
                 self._check_session(request)
             result = self._handlers[command](peer, body)
@@ -159,9 +217,7 @@ class BridgeServer(object):
             self._log_failure(e)
             if seq is None and body_frames:
                 seq = peek_seq(body_frames[0])
-            reply = {"seq": seq, "ok": False, "error": {
-                "code": wire_code(e), "message": str(e),
-                "traceback": "" if isinstance(e, BridgeError) else traceback.format_exc()}}
+            reply = _error_reply(seq, e)
             use_shm = False
         self._send(peer, envelope, reply, use_shm)
         self.requests_served += 1
@@ -175,18 +231,23 @@ class BridgeServer(object):
                 frames = self._encoder.encode(reply, writer.write, self.shm_limit)
             else:
                 frames = self._encoder.encode(reply)
+            if frames_size(frames) > self.max_reply_bytes:
+                raise MessageTooLargeError("reply of {} bytes exceeds the sim side's limit of {} "
+                                           "bytes".format(frames_size(frames), self.max_reply_bytes))
         except ProtocolError as e:  # the handler produced something unsendable
-            logger.error("cannot encode reply: %s", e)
-            frames = self._encoder.encode({"seq": reply.get("seq"), "ok": False, "error": {
-                "code": "ProtocolError", "message": "sim side produced an unsendable reply: {}"
-                .format(e), "traceback": ""}})
+            logger.error("cannot send reply: %s", truncate(str(e), protocol.MAX_ERROR_MESSAGE_CHARS))
+            frames = self._encoder.encode(_error_reply(reply.get("seq"), ProtocolError(
+                "sim side produced an unsendable reply: {}".format(e))))
         send_frames(self._socket, [peer] + envelope + frames)
 
     def _log_failure(self, error: Exception) -> None:
+        message = truncate(str(error), protocol.MAX_ERROR_MESSAGE_CHARS)
         if isinstance(error, (ProtocolError, SessionError, VersionMismatchError)):
-            logger.warning("rejected request: %s", error)
+            if self._rejections.allow():
+                logger.warning("rejected request: %s", message)
         else:
-            logger.exception("request failed")
+            logger.error("request failed: %s: %s\n%s", type(error).__name__, message,
+                         truncate(traceback.format_exc(), protocol.MAX_TRACEBACK_CHARS))
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -216,6 +277,7 @@ class BridgeServer(object):
         session, self.session = self.session, None
         if session is None:
             return
+        self.guard.owner = None
         try:
             self.handler.close_session()
         finally:
@@ -242,8 +304,12 @@ class BridgeServer(object):
             logger.info("new hello: ending session %s of the previous trainer", self.session.id)
             self.end_session()
         heartbeat = body.get("heartbeat_seconds")
+        if heartbeat is not None and (not isinstance(heartbeat, (int, float))
+                                      or isinstance(heartbeat, bool) or not 0 <= heartbeat <= 3600):
+            raise ProtocolError("hello 'heartbeat_seconds' must be a number in [0, 3600], got {}"
+                                .format(quote(heartbeat, 60)))
         timeout = (float(heartbeat) * protocol.HEARTBEAT_MISSES_ALLOWED
-                   if isinstance(heartbeat, (int, float)) and heartbeat > 0 else self.idle_timeout)
+                   if heartbeat else self.idle_timeout)
         shm = self._make_shm() if body.get("shm") is True and self.use_shm else None
         try:
             self.handler.open_session()
@@ -253,9 +319,10 @@ class BridgeServer(object):
             self.handler.close_session()
             raise
         self.session = _Session(peer, timeout, shm)
+        self.guard.owner = self.guard.connection(self._request_fd)
         self.sessions_served += 1
-        logger.info("session %s opened by client %r (heartbeat timeout %.1f s, shm %s)",
-                    self.session.id, body.get("client"), timeout, "on" if shm else "off")
+        logger.info("session %s opened by client %s (heartbeat timeout %.1f s, shm %s)",
+                    self.session.id, quote(body.get("client"), 80), timeout, "on" if shm else "off")
         return {
             "protocol": list(ours),
             "sim": {"name": self.sim_name, "version": self.sim_version},
@@ -280,7 +347,7 @@ class BridgeServer(object):
     def _reset(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
         seed = body.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ProtocolError("reset seed must be an integer or null, got {!r}".format(seed))
+            raise ProtocolError("reset seed must be an integer or null, got {}".format(quote(seed)))
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise ProtocolError("reset options must be a map")
@@ -310,6 +377,7 @@ class BridgeServer(object):
         try:
             self.end_session()
         finally:
+            self.guard.close()
             self._socket.close(linger=0)
             self._context.term()
 
@@ -318,3 +386,42 @@ class BridgeServer(object):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _check_header(request: Any) -> Tuple[int, str, Optional[str], Dict[str, Any]]:
+    """Checks the type of every header field: (seq, cmd, session, body).
+
+    Raises:
+        ProtocolError: a field is missing or of the wrong type (never a TypeError from deeper down).
+    """
+    if not isinstance(request, dict):
+        raise ProtocolError("request is not a map but {}".format(type(request).__name__))
+    seq = request.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise ProtocolError("request has no integer 'seq' (got {})".format(quote(seq, 60)))
+    command = request.get("cmd")
+    if not isinstance(command, str) or command not in protocol.COMMANDS:
+        raise ProtocolError("unknown command {}; known: {}".format(
+            quote(command, 60), ", ".join(protocol.COMMANDS)))
+    session = request.get("session")
+    if session is not None and not isinstance(session, str):
+        raise ProtocolError("request 'session' must be a string or null, got {}".format(
+            type(session).__name__))
+    if not isinstance(request.get("shm", False), (bool, type(None))):
+        raise ProtocolError("request 'shm' must be true or false")
+    body = request.get("body")
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a map, got {}".format(type(body).__name__))
+    return seq, command, session, body
+
+
+def _error_reply(seq: Optional[int], error: BaseException) -> Dict[str, Any]:
+    """An error reply of bounded size: the message and traceback are truncated, and our own
+    (BridgeError) rejections carry no traceback at all."""
+    return {"seq": seq, "ok": False, "error": {
+        "code": wire_code(error),
+        "message": truncate(str(error), protocol.MAX_ERROR_MESSAGE_CHARS),
+        "traceback": "" if isinstance(error, BridgeError) else truncate(
+            traceback.format_exc(), protocol.MAX_TRACEBACK_CHARS)}}

@@ -7,6 +7,7 @@ from typing import List, NamedTuple, Optional
 
 from bridge import protocol
 from bridge.errors import BridgeError
+from bridge.guard import DEFAULT_MEMORY_BUDGET
 from bridge.server import BridgeServer
 from carla_client.backend import WorldBackend
 from carla_client.sensors import load_sensors
@@ -31,6 +32,7 @@ class ClientConfig(NamedTuple):
     npc_vehicles: int
     shm: bool
     idle_timeout: float
+    memory_budget: int
     log_level: str
 
 
@@ -68,6 +70,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     arg("--idle-timeout", metavar="SECONDS", type=float, default=60.0,
         help="end a session after this much silence when the trainer sends no heartbeats "
              "(default: %(default)s)")
+    arg("--memory-budget", metavar="MB", type=int, default=DEFAULT_MEMORY_BUDGET >> 20,
+        help="drop peer connections (not the trainer's) once this process has grown by this many MB "
+             "since it started; 0 disables the check (default: %(default)s)")
     arg("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="(default: %(default)s)")
     args = parser.parse_args(argv)
@@ -117,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with backend, BridgeServer(WorldSessionHandler(backend), bind=config.bind,
                                    allow_remote=config.allow_remote, use_shm=config.shm,
-                                   idle_timeout=config.idle_timeout) as server:
+                                   idle_timeout=config.idle_timeout,
+                                   memory_budget=config.memory_budget << 20) as server:
             logger.info("serving the %s world (%s) on %s; protocol %s; waiting for a trainer",
                         backend.name, backend.version, server.endpoint, protocol.version_string())
             # One machine-readable line on stdout: supervisors learn the bound port (--bind ...:0).

@@ -14,26 +14,9 @@ from bridge.codec import Encoder, decode
 from bridge.errors import (BridgeError, BridgeTimeoutError, RemoteSessionError, RemoteSpecError,
                            RemoteVersionError, SessionError, SpecError, VersionMismatchError)
 from bridge.server import BridgeServer
-from tests.peers.counting_peer import CountingHandler, frame_of
+from tests.peers.counting_peer import CountingHandler, RunningServer, frame_of
 
 ACTION = {"throttle": 0.5, "steer": 0.0}
-
-
-class RunningServer(object):
-    def __init__(self, handler, **options):
-        self.handler = handler
-        self.server = BridgeServer(handler, bind="tcp://127.0.0.1:0", **options)
-        self.endpoint = self.server.endpoint
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.server.serve,
-                                        args=(self._stop.is_set, 0.02), daemon=True)
-        self._thread.start()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        assert not self._thread.is_alive(), "server thread did not stop"
-        self.server.close()
 
 
 @pytest.fixture
