@@ -15,7 +15,8 @@ from agent.action import ActionMapping
 from agent.observation import StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
 from bridge.client import BridgeClient
-from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError, SpecError
+from bridge.errors import (BridgeTimeoutError, PeerDisconnectedError, SessionBusyError, SessionError,
+                           SpecError)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class CarlaBridgeEnv(gym.Env):
         terminate_on_collision / terminate_on_off_road: episode ends on these.
         reward: RewardConfig or mapping of its fields (weights, target speed...).
         reconnect: on a timeout, disconnect or lost session during a step, connect again (new hello)
-            and end the episode as truncated with ``info["bridge_reconnected"] = True``.
+            and end the episode as truncated with ``info["bridge_reconnected"] = True``. Never when
+            another trainer owns the sim side: that raises SessionBusyError at once.
         reconnect_timeout: seconds to keep trying to reconnect before giving up.
         reset_options: options passed to the sim's reset.
         render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
@@ -162,6 +164,13 @@ class CarlaBridgeEnv(gym.Env):
         self._client = self._client_factory()
         try:
             return self._client.hello()
+        except SessionBusyError as e:  # two trainers on one sim side: a configuration problem
+            self._client.close()
+            self._client = None
+            raise SessionBusyError(
+                f"another trainer is using {self.endpoint}: stop it, or give this trainer its own "
+                f"carla_client (another --bind port, and env.endpoint here). The sim side said: {e}"
+            ) from e
         except BaseException:
             self._client.close()
             self._client = None
@@ -182,6 +191,8 @@ class CarlaBridgeEnv(gym.Env):
         while True:
             try:
                 info = self._connect()
+            except SessionBusyError:
+                raise  # reconnecting again would only fight the other trainer for the sim side
             except (ConnectionError, *RECONNECTABLE) as e:
                 if time.monotonic() >= deadline:
                     raise e from cause

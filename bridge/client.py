@@ -8,6 +8,7 @@ when the timeout expires. A background thread sends heartbeats so the server can
 is busy (a PPO update) from one that is dead.
 """
 import logging
+import secrets
 import threading
 import time
 import warnings
@@ -81,16 +82,19 @@ class RoundTripStats(object):
 class _Heartbeat(threading.Thread):
     """Sends ``heartbeat`` for the current session every ``interval`` seconds on its own socket."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, session: str, interval: float) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, session: str, interval: float,
+                 identity: bytes) -> None:
         super().__init__(name="bridge-heartbeat", daemon=True)  # daemon: never keeps a dead trainer up
         self._context, self._endpoint, self._session = context, endpoint, session
         self._interval = interval
+        self._identity = identity
         self.stopped = threading.Event()
 
     def run(self) -> None:
         sock = make_socket(self._context, zmq.DEALER, endpoint=self._endpoint)
         try:
-            sock.connect(self._endpoint)
+            sock.setsockopt(zmq.ROUTING_ID, self._identity)  # announced in hello: the server's
+            sock.connect(self._endpoint)                    # only accepted heartbeat source
             encoder = Encoder()
             message = encoder.encode({"seq": 0, "cmd": protocol.HEARTBEAT, "session": self._session})
             while not self.stopped.wait(self._interval):
@@ -100,6 +104,11 @@ class _Heartbeat(threading.Thread):
                     pass  # not connected right now: the server will notice the silence
         finally:
             sock.close(linger=0)
+
+
+def _new_identity() -> bytes:
+    """A random ZeroMQ routing identity (a leading zero byte is reserved by libzmq)."""
+    return b"czb" + secrets.token_bytes(13)
 
 
 class BridgeClient(object):
@@ -138,6 +147,10 @@ class BridgeClient(object):
         self.info = None  # type: Optional[ServerInfo]
         self._context = zmq.Context()
         self._socket = make_socket(self._context, zmq.DEALER, max_message_bytes, endpoint)
+        # Our own unguessable routing identities: the server binds the session to them, and a
+        # reconnect after a network hiccup keeps the same identity, hence the session.
+        self._socket.setsockopt(zmq.ROUTING_ID, _new_identity())
+        self._heartbeat_identity = _new_identity()
         self._monitor = ConnectionMonitor(self._socket)
         self._socket.connect(endpoint)
         self._encoder = Encoder()
@@ -156,6 +169,7 @@ class BridgeClient(object):
         Raises:
             VersionMismatchError: the server speaks another major protocol version.
             BridgeTimeoutError: no server answered within ``hello_timeout``.
+            SessionBusyError: another trainer's session is live on that server.
         """
         self._end_session_locally()
         body = {
@@ -163,6 +177,7 @@ class BridgeClient(object):
             "client": self.client_name,
             "shm": bool(self.use_shm and shm_available() and is_same_host(self.endpoint)),
             "heartbeat_seconds": self.heartbeat_seconds,
+            "heartbeat_id": self._heartbeat_identity if self.heartbeat_seconds > 0 else None,
         }
         reply = self._request(protocol.HELLO, body, self.hello_timeout)
         try:
@@ -181,7 +196,7 @@ class BridgeClient(object):
             info = info._replace(shm=self._attach_shm(reply["shm"]))
         if self.heartbeat_seconds > 0:
             self._heartbeat = _Heartbeat(self._context, self.endpoint, info.session,
-                                         self.heartbeat_seconds)
+                                         self.heartbeat_seconds, self._heartbeat_identity)
             self._heartbeat.start()
         self.info = info
         self._observation_layout = [(f.name, np.dtype(f.dtype), f.shape) for f in spec.observation]

@@ -74,6 +74,11 @@ class SessionError(BridgeError):
     """The request needs a session that does not exist (no hello yet, or another trainer took over)."""
 
 
+class SessionBusyError(SessionError):
+    """Another trainer owns the live session on that sim side: a configuration problem (two trainers
+    pointed at one carla_client), not something a reconnect can fix."""
+
+
 class RemoteError(BridgeError):
     """An error raised on the far side, carried back with its type name, message and traceback.
 
@@ -103,6 +108,10 @@ class RemoteSessionError(RemoteError, SessionError):
     """The far side has no session for us: send hello again."""
 
 
+class RemoteSessionBusyError(RemoteError, SessionBusyError):
+    """The far side refused our hello: another trainer's session is live there."""
+
+
 class RemoteVersionError(RemoteError, VersionMismatchError):
     """The far side refused our protocol version."""
 
@@ -120,6 +129,7 @@ REMOTE_ERROR_CLASSES = {
     "MessageTooLargeError": RemoteProtocolError,
     "SpecError": RemoteSpecError,
     "SessionError": RemoteSessionError,
+    "SessionBusyError": RemoteSessionBusyError,
     "VersionMismatchError": RemoteVersionError,
 }
 

@@ -17,9 +17,9 @@ import zmq
 
 from bridge import protocol
 from bridge.codec import Encoder, decode, frames_size, peek_seq
-from bridge.errors import (BridgeError, MessageTooLargeError, ProtocolError, SessionError,
-                           VersionMismatchError, quote, truncate, wire_code)
-from bridge.guard import DEFAULT_MEMORY_BUDGET, ConnectionGuard
+from bridge.errors import (BridgeError, MessageTooLargeError, ProtocolError, SessionBusyError,
+                           SessionError, VersionMismatchError, quote, truncate, wire_code)
+from bridge.guard import DEFAULT_MEMORY_BUDGET, Connection, ConnectionGuard
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
 from bridge.spec import WorldSpec, validate_fields
 from bridge.transport import check_bind_endpoint, make_socket, send_frames
@@ -71,12 +71,28 @@ class _LogLimiter(object):
 
 
 class _Session(object):
-    def __init__(self, peer: bytes, timeout: float, shm: Optional[ShmWriter]) -> None:
-        self.id = secrets.token_hex(8)
+    """The live session and who owns it: the ZeroMQ routing identity that said hello (plus the one its
+    heartbeat socket announced), and the CURVE public key when authentication is on."""
+
+    def __init__(self, peer: bytes, heartbeat_peer: Optional[bytes], user: str, timeout: float,
+                 shm: Optional[ShmWriter], connection: Optional[Connection]) -> None:
+        self.id = secrets.token_hex(16)
         self.peer = peer
+        self.heartbeat_peer = heartbeat_peer
+        self.user = user
         self.timeout = timeout
         self.shm = shm
-        self.last_seen = time.monotonic()
+        self.connection = connection
+        self.opened = self.last_seen = time.monotonic()
+
+    @property
+    def label(self) -> str:
+        """What logs may show: never the whole id (anyone reading the log could use it)."""
+        return self.id[:6] + "..."
+
+
+def _short(session_id: Any) -> str:
+    return quote(session_id[:6] + "..." if isinstance(session_id, str) else session_id, 40)
 
 
 class BridgeServer(object):
@@ -116,6 +132,7 @@ class BridgeServer(object):
         self.sessions_served = 0
         self.requests_served = 0
         self._request_fd = None  # type: Optional[int]
+        self._request_user = ""
         self._rejections = _LogLimiter()
         self._encoder = Encoder()
         self._context = zmq.Context()
@@ -156,6 +173,16 @@ class BridgeServer(object):
         return True
 
     @staticmethod
+    def _user_id(frames: List[Any]) -> str:
+        """The authenticated peer (its CURVE public key) from the ZAP handler; "" without CURVE."""
+        for frame in frames[1:2]:
+            try:
+                return str(frame.get("User-Id"))
+            except (zmq.ZMQError, AttributeError, UnicodeDecodeError):
+                return ""
+        return ""
+
+    @staticmethod
     def _source_fd(frames: List[Any]) -> Optional[int]:
         """The descriptor of the connection a message came in on (libzmq's ZMQ_SRCFD)."""
         for frame in frames[1:2]:  # the routing-id frame carries none; the body frames do
@@ -190,6 +217,7 @@ class BridgeServer(object):
     def _handle(self, frames: List[Any], dropped: int = 0) -> None:
         peer = frames[0].bytes
         self._request_fd = self._source_fd(frames)
+        self._request_user = self._user_id(frames)
         body_frames = frames[1:]
         envelope = []  # type: List[bytes]
         if body_frames and len(body_frames[0]) == 0:  # a REQ client's empty delimiter
@@ -203,10 +231,10 @@ class BridgeServer(object):
             request = decode(body_frames, self.max_message_bytes)
             seq, command, session, body = _check_header(request)
             if command == protocol.HEARTBEAT:
-                self._heartbeat(request)
+                self._heartbeat(peer, session)
                 return  # heartbeats get no reply
             if command in protocol.SESSION_COMMANDS:
-                self._check_session(request)
+                self._check_session(peer, session, self._request_user)
             result = self._handlers[command](peer, body)
             if command in protocol.SESSION_COMMANDS and self.session is not None:
                 self.session.last_seen = time.monotonic()  # a slow handler is not a silent trainer
@@ -251,19 +279,43 @@ class BridgeServer(object):
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def _check_session(self, request: Dict[str, Any]) -> None:
-        wanted = request.get("session")
-        if self.session is None:
+    def _check_session(self, peer: bytes, wanted: Optional[str], user: str) -> None:
+        """Lets a request through only if it names the live session and comes from its owner.
+
+        Raises:
+            SessionError: no session, another session, or the right id from another connection (or
+                another CURVE key): then the request is not executed.
+        """
+        session = self.session
+        if session is None:
             raise SessionError("no session is open on {}: send hello first (the server may have "
                                "restarted, or ended a silent session)".format(self.endpoint))
-        if wanted != self.session.id:
-            raise SessionError("session {!r} is not the current session on {}: another trainer sent "
-                               "hello since, or the server restarted".format(wanted, self.endpoint))
-        self.session.last_seen = time.monotonic()
+        if wanted != session.id:
+            raise SessionError("session {} is not the current session on {}: it ended (timeout, "
+                               "close) or the server restarted".format(_short(wanted), self.endpoint))
+        if peer != session.peer or user != session.user:
+            raise SessionError("session {} belongs to the connection that opened it; this request "
+                               "came from another connection and was not executed".format(
+                                   _short(wanted)))
+        session.last_seen = time.monotonic()
+        connection = self.guard.connection(self._request_fd)
+        if connection is not None and connection != session.connection:  # the owner reconnected
+            session.connection = self.guard.owner = connection
 
-    def _heartbeat(self, request: Dict[str, Any]) -> None:
-        if self.session is not None and request.get("session") == self.session.id:
-            self.session.last_seen = time.monotonic()
+    def _heartbeat(self, peer: bytes, wanted: Optional[str]) -> None:
+        session = self.session
+        if (session is not None and wanted == session.id and self._request_user == session.user
+                and peer in (session.peer, session.heartbeat_peer)):
+            session.last_seen = time.monotonic()
+
+    def _owner_gone(self, session: _Session) -> Optional[str]:
+        """Why the session's trainer counts as gone (a new hello may then take over), or None."""
+        silent = time.monotonic() - session.last_seen
+        if silent > session.timeout:
+            return "silent for {:.1f} s".format(silent)
+        if session.connection is not None and not self.guard.is_connected(session.connection):
+            return "its connection dropped"
+        return None
 
     def _expire_silent_session(self) -> None:
         session = self.session
@@ -283,7 +335,7 @@ class BridgeServer(object):
         finally:
             if session.shm is not None:
                 session.shm.close()
-        logger.info("session %s ended", session.id)
+        logger.info("session %s ended", session.label)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -300,8 +352,21 @@ class BridgeServer(object):
         if version[1] != ours[1]:
             warnings.append("client speaks protocol {} and {} speaks {}: minor versions differ".format(
                 protocol.version_string(tuple(version)), self.sim_name, protocol.version_string()))
-        if self.session is not None:
-            logger.info("new hello: ending session %s of the previous trainer", self.session.id)
+        hb_peer = body.get("heartbeat_id")
+        if hb_peer is not None and not isinstance(hb_peer, bytes):
+            raise ProtocolError("hello 'heartbeat_id' must be bytes or null")
+        session = self.session
+        if session is not None and (peer != session.peer or self._request_user != session.user):
+            gone = self._owner_gone(session)
+            if gone is None:
+                raise SessionBusyError(
+                    "another trainer is using {} (its session is {:.0f} s old, last heard {:.1f} s "
+                    "ago): stop it first, or start another carla_client for this trainer".format(
+                        self.endpoint, time.monotonic() - session.opened,
+                        time.monotonic() - session.last_seen))
+            logger.info("new hello: ending session %s of the previous trainer (%s)", session.label,
+                        gone)
+        if session is not None:
             self.end_session()
         heartbeat = body.get("heartbeat_seconds")
         if heartbeat is not None and (not isinstance(heartbeat, (int, float))
@@ -318,11 +383,13 @@ class BridgeServer(object):
                 shm.close()
             self.handler.close_session()
             raise
-        self.session = _Session(peer, timeout, shm)
-        self.guard.owner = self.guard.connection(self._request_fd)
+        connection = self.guard.connection(self._request_fd)
+        self.session = _Session(peer, hb_peer, self._request_user, timeout, shm, connection)
+        self.guard.owner = connection
         self.sessions_served += 1
         logger.info("session %s opened by client %s (heartbeat timeout %.1f s, shm %s)",
-                    self.session.id, quote(body.get("client"), 80), timeout, "on" if shm else "off")
+                    self.session.label, quote(body.get("client"), 80), timeout,
+                    "on" if shm else "off")
         return {
             "protocol": list(ours),
             "sim": {"name": self.sim_name, "version": self.sim_version},
