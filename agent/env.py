@@ -26,14 +26,15 @@ log = logging.getLogger(__name__)
 CLIENT_PLUGINS = {"inprocess": "agent.inprocess:make_client"}
 
 
-def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> Any:
+def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True,
+                curve: str | None = None) -> Any:
     """A BridgeClient for tcp:// and ipc:// endpoints; the plug-in's client for CLIENT_PLUGINS' schemes."""
     plugin = CLIENT_PLUGINS.get(endpoint.partition("://")[0])
     if plugin is not None:
         module, _, function = plugin.partition(":")
         return getattr(importlib.import_module(module), function)(endpoint, timeout=timeout,
                                                                    use_shm=use_shm)
-    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)
+    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm, curve=curve)
 
 #: bridge failures after which a reconnect may help (the sim side restarted or hung).
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
@@ -91,6 +92,8 @@ class CarlaBridgeEnv(gym.Env):
         reset_options: options passed to the sim's reset.
         render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
         client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
+        curve: a CurveZMQ key directory (``python -m bridge.keys DIR``) for a sim side started with
+            ``--curve``: its ``server.key`` and ``client.key_secret`` are used.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -104,7 +107,7 @@ class CarlaBridgeEnv(gym.Env):
                  reward: RewardConfig | dict[str, Any] | None = None,
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
                  reset_options: dict[str, Any] | None = None, render_mode: str | None = None,
-                 client_factory: Callable[[], Any] | None = None) -> None:
+                 client_factory: Callable[[], Any] | None = None, curve: str | None = None) -> None:
         if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
         if out_of_range not in ("clip", "raise"):
@@ -128,7 +131,7 @@ class CarlaBridgeEnv(gym.Env):
         self.reset_options = dict(reset_options or {})
         self.render_mode = render_mode
         self._client_factory = client_factory or (
-            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm))
+            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm, curve=curve))
         self._client: Any = None
         self._closed = False
 

@@ -8,6 +8,7 @@ when the timeout expires. A background thread sends heartbeats so the server can
 is busy (a PPO update) from one that is dead.
 """
 import logging
+import os
 import secrets
 import threading
 import time
@@ -23,6 +24,7 @@ from bridge.codec import Encoder, decode, peek_seq
 from bridge.protocol import PROTOCOL_VERSION
 from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
                            SessionError, VersionMismatchError, remote_error)
+from bridge.keys import ClientKeys, CurveError, apply_client_keys, load_client_keys
 from bridge.shm import ShmReader, shm_available
 from bridge.spec import Tick, WorldSpec
 from bridge.transport import (ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint,
@@ -83,16 +85,18 @@ class _Heartbeat(threading.Thread):
     """Sends ``heartbeat`` for the current session every ``interval`` seconds on its own socket."""
 
     def __init__(self, context: zmq.Context, endpoint: str, session: str, interval: float,
-                 identity: bytes) -> None:
+                 identity: bytes, keys: Optional[ClientKeys]) -> None:
         super().__init__(name="bridge-heartbeat", daemon=True)  # daemon: never keeps a dead trainer up
         self._context, self._endpoint, self._session = context, endpoint, session
         self._interval = interval
         self._identity = identity
+        self._keys = keys
         self.stopped = threading.Event()
 
     def run(self) -> None:
         sock = make_socket(self._context, zmq.DEALER, endpoint=self._endpoint)
         try:
+            apply_client_keys(sock, self._keys)
             sock.setsockopt(zmq.ROUTING_ID, self._identity)  # announced in hello: the server's
             sock.connect(self._endpoint)                    # only accepted heartbeat source
             encoder = Encoder()
@@ -124,6 +128,12 @@ class BridgeClient(object):
         heartbeat_seconds: heartbeat interval; 0 disables heartbeats (the server then uses its own
             idle timeout).
         max_message_bytes: the largest reply accepted.
+        client_name: shown in the sim side's log.
+        curve: a key directory (bridge/keys.py): talk CurveZMQ with its client.key_secret, to the
+            server whose public key is its server.key.
+
+    Raises:
+        BridgeError: a malformed endpoint. CurveError: ``curve`` keys missing or unusable.
     """
 
     def __init__(self, endpoint: str = protocol.DEFAULT_ENDPOINT,
@@ -132,7 +142,7 @@ class BridgeClient(object):
                  copy_arrays: bool = False,
                  heartbeat_seconds: float = protocol.DEFAULT_HEARTBEAT_SECONDS,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 client_name: str = "carla-zmq-bridge") -> None:
+                 client_name: str = "carla-zmq-bridge", curve: Optional[str] = None) -> None:
         if not endpoint.startswith("ipc://"):
             parse_tcp_endpoint(endpoint)
         self.endpoint = endpoint
@@ -145,8 +155,11 @@ class BridgeClient(object):
         self.client_name = client_name
         self.stats = RoundTripStats()
         self.info = None  # type: Optional[ServerInfo]
+        self.curve = curve
+        self._keys = load_client_keys(curve) if curve is not None else None
         self._context = zmq.Context()
         self._socket = make_socket(self._context, zmq.DEALER, max_message_bytes, endpoint)
+        apply_client_keys(self._socket, self._keys)
         # Our own unguessable routing identities: the server binds the session to them, and a
         # reconnect after a network hiccup keeps the same identity, hence the session.
         self._socket.setsockopt(zmq.ROUTING_ID, _new_identity())
@@ -196,7 +209,8 @@ class BridgeClient(object):
             info = info._replace(shm=self._attach_shm(reply["shm"]))
         if self.heartbeat_seconds > 0:
             self._heartbeat = _Heartbeat(self._context, self.endpoint, info.session,
-                                         self.heartbeat_seconds, self._heartbeat_identity)
+                                         self.heartbeat_seconds, self._heartbeat_identity,
+                                         self._keys)
             self._heartbeat.start()
         self.info = info
         self._observation_layout = [(f.name, np.dtype(f.dtype), f.shape) for f in spec.observation]
@@ -339,11 +353,26 @@ class BridgeClient(object):
                                        str(error.get("message", "")), str(error.get("traceback", "")))
                 result = reply.get("body")
                 return result if isinstance(result, dict) else {}
-            elif self._monitor.poll_disconnected():
+            elif self._monitor.poll_disconnected() and self._monitor.handshake_failure is None:
                 raise PeerDisconnectedError(
                     "the sim side at {} dropped the connection while we waited for the reply to {} "
                     "#{}: carla_client probably crashed or was killed; check its log, then restart "
                     "it".format(self.endpoint, command, seq))
+            if self._monitor.handshake_failure is not None:
+                raise self._handshake_error()
+
+    def _handshake_error(self) -> BridgeError:
+        event = self._monitor.handshake_failure
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = ("it refused our CURVE key: is {} among the client keys in the sim side's "
+                   "--curve directory?".format(os.path.join(self.curve or "", "client.key")))
+        elif self.curve is None:
+            why = ("it probably requires CurveZMQ (carla_client --curve DIR): pass curve=DIR "
+                   "(env.curve) with that directory's server.key and client.key_secret")
+        else:
+            why = ("it probably does not use CurveZMQ, or its server key is not the server.key in "
+                   "{}".format(self.curve))
+        return CurveError("the ZeroMQ handshake with {} failed: {}".format(self.endpoint, why))
 
     def _wait_writable(self, command: str, seq: int, deadline: float) -> None:
         remaining = deadline - time.monotonic()

@@ -10,16 +10,18 @@ import logging
 import secrets
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from bridge import protocol
 from bridge.codec import Encoder, decode, frames_size, peek_seq
 from bridge.errors import (BridgeError, MessageTooLargeError, ProtocolError, SessionBusyError,
                            SessionError, VersionMismatchError, quote, truncate, wire_code)
 from bridge.guard import DEFAULT_MEMORY_BUDGET, Connection, ConnectionGuard
+from bridge.keys import ServerKeys, load_server_keys
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
 from bridge.spec import WorldSpec, validate_fields
 from bridge.transport import check_bind_endpoint, make_socket, send_frames
@@ -91,6 +93,19 @@ class _Session(object):
         return self.id[:6] + "..."
 
 
+class _AllowedKeys(object):
+    """pyzmq's CURVE credentials provider: a fixed set of z85 client public keys."""
+
+    def __init__(self, keys: FrozenSet[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys
+        if not allowed:
+            logger.warning("refused a CURVE client whose public key is not in the key directory")
+        return allowed
+
+
 def _short(session_id: Any) -> str:
     return quote(session_id[:6] + "..." if isinstance(session_id, str) else session_id, 40)
 
@@ -109,6 +124,14 @@ class BridgeServer(object):
         max_reply_bytes: a larger reply is replaced by a MessageTooLargeError reply.
         memory_budget: growth in bytes of this process over its size at start after which peers'
             connections are dropped (bridge/guard.py); 0 turns the guard off.
+        curve: a key directory (bridge/keys.py): require CurveZMQ with its server.key_secret and
+            accept exactly the client public keys in it.
+        insecure: permit a non-loopback bind without ``curve`` (anyone who reaches the port can then
+            drive the world).
+
+    Raises:
+        BridgeError: the endpoint cannot be bound, or is not loopback without ``allow_remote`` and
+            ``curve`` (or ``insecure``). CurveError: ``curve`` keys missing or unusable.
     """
 
     def __init__(self, handler: SessionHandler, bind: str = protocol.DEFAULT_ENDPOINT,
@@ -116,8 +139,10 @@ class BridgeServer(object):
                  max_message_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
                  shm_limit: int = protocol.DEFAULT_SHM_LIMIT,
                  max_reply_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
-        check_bind_endpoint(bind, allow_remote)
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, curve: Optional[str] = None,
+                 insecure: bool = False) -> None:
+        check_bind_endpoint(bind, allow_remote, authenticated=curve is not None, insecure=insecure)
+        keys = load_server_keys(curve) if curve is not None else None
         self.handler = handler
         description = handler.describe()
         self.sim_name = str(description["name"])
@@ -136,10 +161,15 @@ class BridgeServer(object):
         self._rejections = _LogLimiter()
         self._encoder = Encoder()
         self._context = zmq.Context()
+        self._authenticator = None  # type: Optional[ThreadAuthenticator]
+        self.curve = curve
         self._socket = make_socket(self._context, zmq.ROUTER, max_message_bytes, bind)
         try:
+            if keys is not None:
+                self._require_curve(keys)
             self._socket.bind(bind)
         except zmq.ZMQError as e:
+            self._stop_authenticator()
             self._socket.close(linger=0)
             self._context.term()
             raise BridgeError("cannot listen on {}: {} (is another carla_client already using this "
@@ -434,6 +464,24 @@ class BridgeServer(object):
                 "session_active": self.session is not None,
                 "sessions_served": self.sessions_served}
 
+    def _require_curve(self, keys: ServerKeys) -> None:
+        """CURVE on the socket, and pyzmq's ZAP authenticator thread accepting only ``keys.clients``.
+
+        Clients without keys, or with a key not in the list, fail the handshake: no request of
+        theirs ever reaches the serve loop.
+        """
+        self._authenticator = ThreadAuthenticator(self._context, log=logging.getLogger("bridge.auth"))
+        self._authenticator.start()
+        self._authenticator.configure_curve_callback("*", _AllowedKeys(keys.clients))
+        self._socket.curve_secretkey = keys.secret
+        self._socket.curve_publickey = keys.public
+        self._socket.curve_server = True
+
+    def _stop_authenticator(self) -> None:
+        authenticator, self._authenticator = self._authenticator, None
+        if authenticator is not None:
+            authenticator.stop()
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -446,6 +494,7 @@ class BridgeServer(object):
         finally:
             self.guard.close()
             self._socket.close(linger=0)
+            self._stop_authenticator()
             self._context.term()
 
     def __enter__(self) -> "BridgeServer":

@@ -8,7 +8,9 @@ from typing import List, NamedTuple, Optional
 from bridge import protocol
 from bridge.errors import BridgeError
 from bridge.guard import DEFAULT_MEMORY_BUDGET
+from bridge.keys import load_server_keys
 from bridge.server import BridgeServer
+from bridge.transport import check_bind_endpoint
 from carla_client.backend import WorldBackend
 from carla_client.sensors import load_sensors
 from carla_client.serve import WorldSessionHandler
@@ -22,6 +24,8 @@ class ClientConfig(NamedTuple):
     world: str
     bind: str
     allow_remote: bool
+    curve: Optional[str]
+    insecure: bool
     host: str
     port: int
     tm_port: int
@@ -47,8 +51,14 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     arg("--bind", metavar="ENDPOINT", default=protocol.DEFAULT_ENDPOINT,
         help="address to listen on (default: %(default)s)")
     arg("--allow-remote", action="store_true",
-        help="permit binding a non-loopback address; the bridge has no authentication "
-             "(default: off)")
+        help="permit binding a non-loopback address; needs --curve (or --insecure) (default: off)")
+    arg("--curve", metavar="DIR", default=None,
+        help="require CurveZMQ: DIR/server.key_secret is this side's key, and exactly the client "
+             "public keys in DIR (*.key but server.key) may connect; make keys with "
+             "python -m bridge.keys DIR (default: off)")
+    arg("--insecure", action="store_true",
+        help="with --allow-remote, listen beyond loopback without --curve: anyone who reaches the "
+             "port can drive the world (default: off)")
     arg("--host", metavar="H", default="localhost",
         help="CARLA server host, --world carla only (default: %(default)s)")
     arg("--port", metavar="P", type=int, default=2000,
@@ -81,6 +91,29 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     return ClientConfig(**vars(args))
 
 
+def check_config(config: ClientConfig) -> None:
+    """Everything that can be checked before a world is built or a port bound.
+
+    Raises:
+        BridgeError: one clear sentence about the first bad setting.
+    """
+    check_bind_endpoint(config.bind, config.allow_remote, authenticated=config.curve is not None,
+                        insecure=config.insecure)
+    for name, port in (("--port", config.port), ("--tm-port", config.tm_port)):
+        if not 1 <= port <= 65535:
+            raise BridgeError("{} {} is outside 1-65535".format(name, port))
+    for name, seconds in (("--idle-timeout", config.idle_timeout),
+                          ("--carla-timeout", config.carla_timeout)):
+        if not seconds > 0:  # also catches NaN
+            raise BridgeError("{} must be a positive number of seconds, got {}".format(name, seconds))
+    if config.memory_budget < 0:
+        raise BridgeError("--memory-budget must be 0 (off) or a positive number of MB")
+    if config.npc_vehicles < 0:
+        raise BridgeError("--npc must be 0 or more")
+    if config.curve is not None:
+        load_server_keys(config.curve)
+
+
 def make_backend(config: ClientConfig) -> WorldBackend:
     """Builds the configured world; CARLA's module is imported only when asked for."""
     sensors = load_sensors(config.sensors)
@@ -109,6 +142,11 @@ class _StopFlag(object):
 
 def main(argv: Optional[List[str]] = None) -> int:
     config = parse_args(argv)
+    try:
+        check_config(config)
+    except BridgeError as e:  # one line, no traceback: a configuration mistake
+        print("python -m carla_client: error: {}".format(e), file=sys.stderr)
+        return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = _StopFlag()
@@ -123,7 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with backend, BridgeServer(WorldSessionHandler(backend), bind=config.bind,
                                    allow_remote=config.allow_remote, use_shm=config.shm,
                                    idle_timeout=config.idle_timeout,
-                                   memory_budget=config.memory_budget << 20) as server:
+                                   memory_budget=config.memory_budget << 20, curve=config.curve,
+                                   insecure=config.insecure) as server:
             logger.info("serving the %s world (%s) on %s; protocol %s; waiting for a trainer",
                         backend.name, backend.version, server.endpoint, protocol.version_string())
             # One machine-readable line on stdout: supervisors learn the bound port (--bind ...:0).

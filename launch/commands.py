@@ -8,7 +8,7 @@ from typing import Sequence
 from launch.config import REPO_ROOT, LaunchConfig, find_input
 
 #: agent config keys the launcher sets itself (from its own config) on the trainer's command line.
-LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
+LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints", "env.curve")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -42,7 +42,15 @@ def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
                  "--tm-port", str(config.carla.tm_port + index)]
     if clients.sensors:
         argv += ["--sensors", str(find_input(clients.sensors))]
+    if config.curve:
+        argv += ["--curve", curve_dir(config)]
     return argv + list(clients.extra_args)
+
+
+def curve_dir(config: LaunchConfig) -> str:
+    """The configured CurveZMQ key directory as an absolute path (children run in other directories)."""
+    assert config.curve, "curve_dir needs config.curve"
+    return str(Path(config.curve).expanduser().resolve())
 
 
 def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -76,8 +84,9 @@ def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_
     else:
         head = ["--config", str(find_input(config.trainer.config)), "--run-name", run_name,
                 f"runs_dir={runs_dir}"]
+    curve = [f"env.curve={curve_dir(config)}"] if config.curve else []
     return [trainer_python, "-m", config.trainer.module, *head,
-            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *overrides]
+            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *curve, *overrides]
 
 
 def run_dir_of(resume: Path) -> Path:

@@ -96,6 +96,7 @@ class LaunchConfig:
     restart: RestartSection
     trainer: TrainerSection
     tensorboard: TensorBoardSection
+    curve: str | None = None
 
     @property
     def world_kind(self) -> str:
@@ -198,6 +199,7 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         restart=section(RestartSection, raw["restart"], "restart"),
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
+        curve=_coerce(raw.get("curve"), "str | None", "curve"),
     )
     if config.world not in ("auto", "builtin", "carla"):
         raise ValueError(f"world must be auto, builtin or carla, not {config.world!r}")

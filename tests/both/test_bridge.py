@@ -308,7 +308,10 @@ def test_ping_reports_status_without_touching_sessions(serve):
 def test_binding_beyond_loopback_needs_consent():
     with pytest.raises(BridgeError, match="allow-remote"):
         BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0")
-    with BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0", allow_remote=True) as server:
+    with pytest.raises(BridgeError, match="--curve DIR"):
+        BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0", allow_remote=True)
+    with BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0", allow_remote=True,
+                      insecure=True) as server:
         assert server.endpoint.startswith("tcp://0.0.0.0:")
 
 
