@@ -10,7 +10,7 @@ from bridge.client import BridgeClient
 from bridge import protocol
 from bridge.errors import (RemoteSessionError, RemoteSnapshotUnsupportedError, RemoteSpecError,
                            SessionError, SnapshotUnsupportedError)
-from carla_client.backend import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC
 
 NEUTRAL = {"throttle": 0.0, "steer": 0.0, "brake": 0.0, "hand_brake": False, "reverse": False}
 
