@@ -19,10 +19,12 @@ from zmq.auth.thread import ThreadAuthenticator
 from bridge import protocol
 from bridge.codec import Encoder, decode, frames_size, peek_seq
 from bridge.errors import (BridgeError, MessageTooLargeError, ProtocolError, SessionBusyError,
-                           SessionError, VersionMismatchError, quote, truncate, wire_code)
+                           SessionError, SnapshotError, SnapshotUnsupportedError,
+                           VersionMismatchError, quote, truncate, wire_code)
 from bridge.guard import DEFAULT_MEMORY_BUDGET, Connection, ConnectionGuard
 from bridge.keys import ServerKeys, load_server_keys
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
+from bridge.snapshots import SnapshotStore
 from bridge.spec import WorldSpec, validate_fields
 from bridge.transport import check_bind_endpoint, make_socket, send_frames
 
@@ -33,7 +35,8 @@ class SessionHandler(object):
     """What a world offers the server. carla_client.serve adapts a WorldBackend to this."""
 
     def describe(self) -> Dict[str, Any]:
-        """``{"name": str, "version": str, "spec": WorldSpec}``; constant for the process."""
+        """``{"name": str, "version": str, "spec": WorldSpec}`` and optionally ``"snapshot": bool``
+        (default False); constant for the process."""
         raise NotImplementedError
 
     def open_session(self) -> None:
@@ -46,6 +49,22 @@ class SessionHandler(object):
     def step(self, action: Dict[str, np.ndarray]) -> Dict[str, Any]:
         """``action`` is already validated against the spec; returns a tick map."""
         raise NotImplementedError
+
+    def snapshot(self) -> Any:
+        """The world's full current state, as an opaque object the server keeps under a token.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot snapshot (the default).
+        """
+        raise SnapshotUnsupportedError("this world cannot snapshot")
+
+    def restore(self, state: Any) -> Dict[str, Any]:
+        """Puts the world back into ``state`` (from ``snapshot``); returns that moment's tick map.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot snapshot (the default).
+        """
+        raise SnapshotUnsupportedError("this world cannot restore snapshots")
 
     def close_session(self) -> None:
         """The trainer is gone: restore the world's settings and destroy actors. Idempotent."""
@@ -77,7 +96,8 @@ class _Session(object):
     heartbeat socket announced), and the CURVE public key when authentication is on."""
 
     def __init__(self, peer: bytes, heartbeat_peer: Optional[bytes], user: str, timeout: float,
-                 shm: Optional[ShmWriter], connection: Optional[Connection]) -> None:
+                 shm: Optional[ShmWriter], connection: Optional[Connection],
+                 max_snapshots: int) -> None:
         self.id = secrets.token_hex(16)
         self.peer = peer
         self.heartbeat_peer = heartbeat_peer
@@ -86,6 +106,7 @@ class _Session(object):
         self.shm = shm
         self.connection = connection
         self.opened = self.last_seen = time.monotonic()
+        self.snapshots = SnapshotStore(max_snapshots, "session " + self.label)
 
     @property
     def label(self) -> str:
@@ -128,6 +149,7 @@ class BridgeServer(object):
             accept exactly the client public keys in it.
         insecure: permit a non-loopback bind without ``curve`` (anyone who reaches the port can then
             drive the world).
+        max_snapshots: snapshot tokens kept per session; taking one more drops the oldest.
 
     Raises:
         BridgeError: the endpoint cannot be bound, or is not loopback without ``allow_remote`` and
@@ -140,14 +162,19 @@ class BridgeServer(object):
                  shm_limit: int = protocol.DEFAULT_SHM_LIMIT,
                  max_reply_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, curve: Optional[str] = None,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False,
+                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS) -> None:
         check_bind_endpoint(bind, allow_remote, authenticated=curve is not None, insecure=insecure)
+        if max_snapshots < 1:
+            raise ValueError("max_snapshots must be at least 1, got {!r}".format(max_snapshots))
         keys = load_server_keys(curve) if curve is not None else None
         self.handler = handler
         description = handler.describe()
         self.sim_name = str(description["name"])
         self.sim_version = str(description["version"])
         self.spec = description["spec"]  # type: WorldSpec
+        self.can_snapshot = bool(description.get("snapshot", False))
+        self.max_snapshots = int(max_snapshots)
         self.use_shm = use_shm and shm_available()
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
@@ -183,6 +210,7 @@ class BridgeServer(object):
         self._handlers = {
             protocol.HELLO: self._hello, protocol.RESET: self._reset, protocol.STEP: self._step,
             protocol.CLOSE: self._close, protocol.PING: self._ping,
+            protocol.SNAPSHOT: self._snapshot, protocol.RESTORE: self._restore,
         }  # type: Dict[str, Callable[[bytes, Dict[str, Any]], Dict[str, Any]]]
 
     # -- serving ---------------------------------------------------------------------------------
@@ -300,7 +328,7 @@ class BridgeServer(object):
 
     def _log_failure(self, error: Exception) -> None:
         message = truncate(str(error), protocol.MAX_ERROR_MESSAGE_CHARS)
-        if isinstance(error, (ProtocolError, SessionError, VersionMismatchError)):
+        if isinstance(error, (ProtocolError, SessionError, VersionMismatchError, SnapshotError)):
             if self._rejections.allow():
                 logger.warning("rejected request: %s", message)
         else:
@@ -360,6 +388,7 @@ class BridgeServer(object):
         if session is None:
             return
         self.guard.owner = None
+        session.snapshots.clear()  # tokens die with their session
         try:
             self.handler.close_session()
         finally:
@@ -414,7 +443,8 @@ class BridgeServer(object):
             self.handler.close_session()
             raise
         connection = self.guard.connection(self._request_fd)
-        self.session = _Session(peer, hb_peer, self._request_user, timeout, shm, connection)
+        self.session = _Session(peer, hb_peer, self._request_user, timeout, shm, connection,
+                                self.max_snapshots)
         self.guard.owner = connection
         self.sessions_served += 1
         logger.info("session %s opened by client %s (heartbeat timeout %.1f s, shm %s)",
@@ -427,6 +457,8 @@ class BridgeServer(object):
             "session": self.session.id,
             "shm": shm.describe() if shm is not None else None,
             "warnings": warnings,
+            "capabilities": {protocol.CAPABILITY_SNAPSHOT: self.can_snapshot,
+                             "max_snapshots": self.max_snapshots if self.can_snapshot else 0},
         }
 
     def _make_shm(self) -> Optional[ShmWriter]:
@@ -453,6 +485,21 @@ class BridgeServer(object):
     def _step(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
         action = validate_fields(self.spec.action, body.get("action"), "action")
         return self.handler.step(action)
+
+    def _snapshot(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
+        self._check_can_snapshot()
+        return {"token": self.session.snapshots.add(self.handler.snapshot())}
+
+    def _restore(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
+        self._check_can_snapshot()
+        return self.handler.restore(self.session.snapshots.get(body.get("token")))
+
+    def _check_can_snapshot(self) -> None:
+        if not self.can_snapshot:
+            raise SnapshotUnsupportedError(
+                "the {} world ({}) cannot save and restore its full state, so it refuses to "
+                "snapshot rather than approximate (hello announced capabilities.snapshot = false)"
+                .format(self.sim_name, self.sim_version))
 
     def _close(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
         self.end_session()

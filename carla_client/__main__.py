@@ -37,6 +37,7 @@ class ClientConfig(NamedTuple):
     shm: bool
     idle_timeout: float
     memory_budget: int
+    max_snapshots: int
     log_level: str
 
 
@@ -83,11 +84,15 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     arg("--memory-budget", metavar="MB", type=int, default=DEFAULT_MEMORY_BUDGET >> 20,
         help="drop peer connections (not the trainer's) once this process has grown by this many MB "
              "since it started; 0 disables the check (default: %(default)s)")
+    arg("--max-snapshots", metavar="N", type=int, default=protocol.DEFAULT_MAX_SNAPSHOTS,
+        help="snapshot tokens kept per session; one more drops the oldest (default: %(default)s)")
     arg("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="(default: %(default)s)")
     args = parser.parse_args(argv)
     if not args.tick > 0:
         parser.error("--tick must be positive")
+    if args.max_snapshots < 1:
+        parser.error("--max-snapshots must be at least 1")
     return ClientConfig(**vars(args))
 
 
@@ -162,7 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    allow_remote=config.allow_remote, use_shm=config.shm,
                                    idle_timeout=config.idle_timeout,
                                    memory_budget=config.memory_budget << 20, curve=config.curve,
-                                   insecure=config.insecure) as server:
+                                   insecure=config.insecure,
+                                   max_snapshots=config.max_snapshots) as server:
             logger.info("serving the %s world (%s) on %s; protocol %s; waiting for a trainer",
                         backend.name, backend.version, server.endpoint, protocol.version_string())
             # One machine-readable line on stdout: supervisors learn the bound port (--bind ...:0).

@@ -15,6 +15,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge import protocol
 from bridge.client import BridgeClient
 from bridge.codec import decode
 from bridge.errors import REMOTE_ERROR_CLASSES, ProtocolError
@@ -73,7 +74,7 @@ ext_values = st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=
 values = st.recursive(scalars | ext_values, lambda children: (
     st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)),
     max_leaves=12)
-commands = st.sampled_from(["hello", "reset", "step", "close", "ping", "heartbeat"]) | values
+commands = st.sampled_from(list(protocol.COMMANDS)) | values
 headers = st.fixed_dictionaries({}, optional={
     "seq": st.integers(0, 2 ** 32) | values, "cmd": commands, "session": values, "shm": values,
     "body": values | st.fixed_dictionaries({}, optional={
