@@ -277,10 +277,10 @@ def test_a_silent_trainer_loses_its_session_and_the_world_is_restored(serve):
 
 def test_heartbeats_keep_a_busy_trainers_session(serve):
     server = serve()
-    with BridgeClient(server.endpoint, heartbeat_seconds=0.05) as client:
+    with BridgeClient(server.endpoint, heartbeat_seconds=0.2) as client:
         client.hello()
         client.reset()
-        time.sleep(0.6)  # far beyond 5 missed heartbeats: only the heartbeat thread talks
+        time.sleep(2.5)  # far beyond 5 missed heartbeats (1 s): only the heartbeat thread talks
         assert server.handler.sessions_closed == 0
         assert client.step(ACTION).frame == 1
 
