@@ -20,8 +20,7 @@ from bridge.client import BridgeClient
 from bridge.codec import decode
 from bridge.errors import REMOTE_ERROR_CLASSES, ProtocolError
 from tests.peers.counting_peer import CountingHandler, RunningServer
-from tests.peers.hostile import RawZmtpPeer, Sampler, Trainer, rss_of, unfinished_message
-from tests.peers.processes import ChildProcess
+from tests.peers.hostile import RawZmtpPeer, Sampler, SimSide, Trainer, rss_of, unfinished_message
 
 REPLY_LIMIT = 64 * 1024
 TYPED_CODES = set(REMOTE_ERROR_CLASSES)
@@ -30,14 +29,11 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="
 
 
 @pytest.fixture(scope="module")
-def sim_side(tmp_path_factory):
-    """A counting sim side in its own process (this interpreter), logging to a file."""
-    log = open(str(tmp_path_factory.mktemp("hostile") / "sim.log"), "wb")
-    child = ChildProcess(sys.executable, "tests.peers.counting_peer",
-                         ["--bind", "tcp://127.0.0.1:0", "--memory-budget", "64"], stderr=log)
+def sim_side():
+    """A counting sim side in its own process (this interpreter), with a 64 MB memory budget."""
+    child = SimSide(sys.executable, ["--memory-budget", "64"])
     yield child
     child.close()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +104,14 @@ def test_fuzzed_requests_get_typed_bounded_replies(raw_socket, message):
 
 
 def test_after_the_fuzzing_a_trainer_is_served_and_memory_stayed_put(sim_side, raw_socket):
-    before = rss_of(sim_side.process.pid)
+    before = rss_of(sim_side.pid)
     for i in range(2000):  # unknown ext types, wrong-typed fields, garbage: after the warm-up above
         raw_socket.send(msgpack.packb({"seq": i, "cmd": {"x": msgpack.ExtType(42, b"a" * 30)},
                                        "body": [msgpack.ExtType(7, b"\x01")]}, use_bin_type=True))
     replies = replies_until_ping(raw_socket, ping_seq=2 ** 41, timeout=30.0)
     assert len(replies) == 2000
     assert {r["error"]["code"] for _, r in replies} == {"ProtocolError"}
-    assert rss_of(sim_side.process.pid) - before < 2 * 1024 * 1024
+    assert rss_of(sim_side.pid) - before < 2 * 1024 * 1024
     with BridgeClient(sim_side.endpoint, timeout=10.0) as client:
         client.hello()
         assert client.reset(seed=1).frame == 1000
@@ -191,8 +187,8 @@ def test_unfinished_multipart_messages_cannot_grow_the_sim_side(sim_side):
     deadline = time.monotonic() + 10
     while trainer.steps < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
-    before = rss_of(sim_side.process.pid)
-    sampler = Sampler(sim_side.process.pid)
+    before = rss_of(sim_side.pid)
+    sampler = Sampler(sim_side.pid)
     sampler.start()
     stop = threading.Event()
     attackers = [threading.Thread(target=unfinished_message, daemon=True,

@@ -7,8 +7,12 @@ stepping it from this process, runs the attack, and prints the sim side's peak m
 sampled every 5 ms from /proc) and how many steps the trainer got served meanwhile.
 """
 import argparse
+import os
+import select
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -18,7 +22,8 @@ import msgpack
 import zmq
 
 from bridge.client import BridgeClient
-from tests.peers.processes import ChildProcess
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _dealer(context, endpoint):
@@ -128,6 +133,33 @@ def ext_requests(context, endpoint, count):
     return replies
 
 
+class SimSide(object):
+    """``python -m tests.peers.counting_peer`` in a child process (any interpreter, 3.6 included),
+    its log in a temporary file (a pipe nobody reads would block its logging); ``pid``, ``endpoint``.
+    """
+
+    def __init__(self, python, args=(), ready_timeout=30.0):
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [python, "-m", "tests.peers.counting_peer", "--bind", "tcp://127.0.0.1:0"] + list(args),
+            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONUNBUFFERED="1"),
+            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        self.pid = self.process.pid
+        ready = select.select([self.process.stdout], [], [], ready_timeout)[0]
+        line = self.process.stdout.readline().decode() if ready else ""
+        if not line.startswith("ready"):
+            self.close()
+            raise RuntimeError("the counting sim side did not start: {!r}".format(line))
+        self.endpoint = line.split()[1]
+
+    def close(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process.stdout.close()
+        self.log.close()
+
+
 def rss_of(pid):
     with open("/proc/{}/statm".format(pid)) as f:
         return int(f.read().split()[1]) * 4096
@@ -168,14 +200,12 @@ class Trainer(threading.Thread):
 
 
 def measure(python, attack, seconds):
-    log = tempfile.TemporaryFile()  # a pipe nobody reads would block the sim side's logging
-    child = ChildProcess(python, "tests.peers.counting_peer", ["--bind", "tcp://127.0.0.1:0"],
-                         stderr=log)
+    child = SimSide(python)
     context = zmq.Context()
     try:
         time.sleep(1.0)
-        baseline = rss_of(child.process.pid)
-        sampler, trainer = Sampler(child.process.pid), Trainer(child.endpoint)
+        baseline = rss_of(child.pid)
+        sampler, trainer = Sampler(child.pid), Trainer(child.endpoint)
         sampler.start()
         trainer.start()
         stop = threading.Event()
@@ -201,7 +231,7 @@ def measure(python, attack, seconds):
         trainer.join(15)
         sampler.stop.set()
         sampler.join(5)
-        after = rss_of(child.process.pid)
+        after = rss_of(child.pid)
         print("{}: peak growth {:.0f} MB, {:.0f} MB left after; trainer served {} steps in {:.1f} s "
               "(slowest {:.3f} s, error {})".format(
                   attack, (sampler.peak - baseline) / 2 ** 20, (after - baseline) / 2 ** 20,
@@ -210,7 +240,6 @@ def measure(python, attack, seconds):
     finally:
         context.destroy(linger=0)
         child.close()
-        log.close()
 
 
 def main(argv=None):

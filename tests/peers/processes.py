@@ -11,12 +11,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 class ChildProcess(object):
     """A child that prints ``ready <endpoint> ...`` on stdout once it serves. Kills its group on close."""
 
-    def __init__(self, python, module, args, ready_timeout=30.0, env=None, stderr=subprocess.PIPE):
+    def __init__(self, python, module, args, ready_timeout=30.0, env=None):
         child_env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONUNBUFFERED="1")
         child_env.update(env or {})
         self.process = subprocess.Popen(
             [python, "-m", module] + list(args), cwd=REPO_ROOT, env=child_env,
-            stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.ready_line = self._read_ready(ready_timeout)
         parts = self.ready_line.split()
         self.endpoint = parts[1] if len(parts) > 1 else None
@@ -36,9 +36,8 @@ class ChildProcess(object):
         finally:
             selector.close()
         self.kill()
-        errors = self.process.stderr.read() if self.process.stderr else b""
         raise RuntimeError("child {} never became ready; stderr:\n{}".format(
-            self.process.args, errors.decode(errors="replace")[-3000:]))
+            self.process.args, self.process.stderr.read().decode(errors="replace")[-3000:]))
 
     def kill(self, sig=signal.SIGKILL):
         if self.process.poll() is None:
