@@ -120,9 +120,25 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return from_dict(raw)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (the launcher's and the trainer's configs).
+
+    Raises:
+        ValueError: the file is not valid YAML (one line: where and what).
+        OSError: the file cannot be read.
+    """
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            return yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from e
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a launcher config must be a YAML mapping")
     return data
