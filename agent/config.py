@@ -1,32 +1,35 @@
 """Training configuration: a YAML file plus ``key.sub=value`` overrides from the command line."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
 from bridge.transport import parse_tcp_endpoint
 from launch.config import read_yaml
+from launch.overrides import apply_overrides as apply_key_values
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "ppo.yaml"
 
 #: keys whose value is a list; on the command line they may be given comma-separated.
 LIST_KEYS = {"endpoints", "env.camera_size", "policy.net_arch"}
+#: sections whose keys are passed on as keyword arguments: overrides may add keys there.
+OPEN_SECTIONS = ("env", "reward", "policy", "ppo")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Reads a YAML config (the default one if ``path`` is None) and applies ``overrides``.
 
     Raises:
-        ValueError: the file is not a mapping, or an override is malformed or names an unknown key.
+        ConfigError (a ValueError): the file is not a mapping, or an override is malformed;
+            UnknownKeyError when it names an unknown key.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     config = read_yaml(path)
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping")
+        raise ConfigError(f"{path}: a config must be a YAML mapping")
     return apply_overrides(config, overrides)
 
 
@@ -44,7 +47,7 @@ def check_config(config: dict[str, Any]) -> None:
     have the type of its default (an int is fine where a float is expected).
 
     Raises:
-        ValueError: one sentence naming the first unknown or ill-typed key.
+        ConfigError (a ValueError): one sentence naming the first unknown or ill-typed key.
     """
     defaults = read_yaml(DEFAULT_CONFIG)
     _check_mapping(config, defaults, _section_parameters(), "")
@@ -52,24 +55,25 @@ def check_config(config: dict[str, Any]) -> None:
     if isinstance(endpoints, str):
         endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
     if not endpoints:
-        raise ValueError("endpoints: name at least one sim side, e.g. endpoints=tcp://127.0.0.1:5556")
+        raise ConfigError("endpoints: name at least one sim side, e.g. "
+                          "endpoints=tcp://127.0.0.1:5556")
     for endpoint in endpoints:
         if not isinstance(endpoint, str):
-            raise ValueError(f"endpoints: {endpoint!r} is not an address")
+            raise ConfigError(f"endpoints: {endpoint!r} is not an address")
         if endpoint.startswith("tcp://"):
             try:
                 parse_tcp_endpoint(endpoint)
             except BridgeError as e:
-                raise ValueError(f"endpoints: {e}") from e
+                raise ConfigError(f"endpoints: {e}") from e
         elif not endpoint.partition("://")[1]:
-            raise ValueError(f"endpoints: {endpoint!r} is not tcp://HOST:PORT (nor ipc://PATH)")
+            raise ConfigError(f"endpoints: {endpoint!r} is not tcp://HOST:PORT (nor ipc://PATH)")
     for key in ("total_timesteps", "checkpoint_every", "torch_threads"):
         if key in config and config[key] is not None and config[key] < 1:
-            raise ValueError(f"{key} must be at least 1, got {config[key]}")
+            raise ConfigError(f"{key} must be at least 1, got {config[key]}")
     size = (config.get("env") or {}).get("camera_size")
     if size is not None and (len(size) != 2 or not all(
             isinstance(v, int) and 1 <= v <= MAX_CAMERA_SIDE for v in size)):
-        raise ValueError(f"env.camera_size must be [height, width], each 1-{MAX_CAMERA_SIDE}, "
+        raise ConfigError(f"env.camera_size must be [height, width], each 1-{MAX_CAMERA_SIDE}, "
                          f"got {size!r}")
 
 
@@ -100,7 +104,7 @@ def _section_parameters() -> dict[str, dict[str, Any]]:
 def _check_mapping(config: dict[str, Any], defaults: dict[str, Any],
                    sections: dict[str, dict[str, Any]], where: str) -> None:
     if not isinstance(config, dict):
-        raise ValueError(f"{where or 'the config'} must be a mapping, got {config!r}")
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {config!r}")
     for key, value in config.items():
         path = f"{where}{key}"
         if where == "" and key in sections:
@@ -108,17 +112,17 @@ def _check_mapping(config: dict[str, Any], defaults: dict[str, Any],
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise ValueError(f"{path} must be a section (key: value lines), got {value!r}")
+                raise ConfigError(f"{path} must be a section (key: value lines), got {value!r}")
             for sub, sub_value in value.items():
                 if sub not in known:
-                    raise ValueError(f"unknown key {path}.{sub}; known in {path}: "
+                    raise ConfigError(f"unknown key {path}.{sub}; known in {path}: "
                                      f"{', '.join(sorted(known))}")
                 if sub_value is None and key in _NULLABLE_SECTIONS:
                     continue
                 _check_type(f"{path}.{sub}", sub_value, known[sub])
             continue
         if key not in defaults:
-            raise ValueError(f"unknown key {path}; known: {', '.join(sorted(defaults))}")
+            raise ConfigError(f"unknown key {path}; known: {', '.join(sorted(defaults))}")
         _check_type(path, value, defaults[key])
 
 
@@ -132,55 +136,21 @@ def _check_type(path: str, value: Any, default: Any) -> None:
     if expected is None:
         return  # e.g. a schedule object: whatever receives it checks it
     if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
-        raise ValueError(f"{path} must be {type(default).__name__} (like its default {default!r}), "
+        raise ConfigError(f"{path} must be {type(default).__name__} (like its default {default!r}), "
                          f"got {value!r}")
 
 
-def _scalar(text: str) -> Any:
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" (no dot) as a string; a learning rate is meant
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def parse_value(key: str, text: str) -> Any:
-    """YAML-parses an override's value; list keys accept ``a,b,c``."""
-    if key in LIST_KEYS and not text.lstrip().startswith("["):
-        return [_scalar(part) for part in text.split(",") if part.strip()]
-    return _scalar(text)
-
-
-def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Returns a copy of ``config`` with each ``a.b.c=value`` applied.
+def apply_overrides(config: dict[str, Any], items: Iterable[str]) -> dict[str, Any]:
+    """Returns a copy of ``config`` with each ``a.b.c=value`` applied (launch.overrides' syntax).
 
     Only existing keys may be overridden, except inside the open sections (``reward``, ``ppo``,
     ``env``, ``policy``), so a typo fails loudly instead of being silently ignored.
 
     Raises:
-        ValueError: malformed override, or an unknown top-level key.
+        UnknownKeyError: a key that does not exist outside the open sections (a ConfigError).
+        ConfigError: a malformed override (a ValueError).
     """
-    config = copy.deepcopy(config)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
-        parts = key.split(".")
-        node = config
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
-            node = child
-        if len(parts) == 1 and parts[0] not in config:
-            raise ValueError(f"override {item!r}: unknown key {parts[0]!r}; known: {sorted(config)}")
-        node[parts[-1]] = parse_value(key, text)
-    return config
+    return apply_key_values(config, items, open_sections=OPEN_SECTIONS, list_keys=LIST_KEYS)
 
 
 def save_config(config: dict[str, Any], path: str | Path) -> None:

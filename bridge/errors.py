@@ -79,6 +79,14 @@ class SessionBusyError(SessionError):
     pointed at one carla_client), not something a reconnect can fix."""
 
 
+class ConfigError(ValueError, BridgeError):
+    """A configuration file, option or ``key=value`` override is malformed or has a wrong value."""
+
+
+class UnknownKeyError(ConfigError):
+    """A configuration file or override names a key that does not exist (a typo, usually)."""
+
+
 class SnapshotError(BridgeError):
     """A snapshot cannot be taken or restored: an unknown or dropped token, or nothing to save yet."""
 

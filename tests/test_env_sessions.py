@@ -4,9 +4,8 @@ import time
 import pytest
 
 from agent.env import CarlaBridgeEnv
-from agent.simproc import wait_for_sim
 from bridge.errors import SessionBusyError
-from tests.interpreters import free_tcp_endpoint
+from launch.procs import NotReady, free_tcp_endpoint, wait_bridge
 
 
 @pytest.fixture
@@ -14,9 +13,9 @@ def builtin_sim(sim_process):
     endpoint = free_tcp_endpoint()
     proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint])
     try:
-        wait_for_sim(endpoint, proc.alive, 30.0)
-    except RuntimeError as e:
-        pytest.fail(f"{e}:\n{proc.log_tail()}")
+        wait_bridge(endpoint, time.monotonic() + 30.0, proc)
+    except NotReady as e:
+        pytest.fail(str(e))
     return endpoint
 
 
