@@ -66,22 +66,23 @@ def trim_heap() -> None:
 
 
 class Connection(NamedTuple):
-    """One accepted connection: its descriptor, a serial number (descriptors are reused) and peer."""
+    """One accepted connection: its descriptor and its peer's address (descriptors are reused; the
+    peer's address and port tell two TCP connections on one descriptor apart)."""
 
     fd: int
-    serial: int
     peer: str
 
 
-def _peer_name(fd: int) -> str:
+def _peer_name(fd: int) -> Optional[str]:
+    """The peer address of the socket behind ``fd``, or None when it is no connected socket."""
     try:
         sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)  # a dup: closing it is safe
     except OSError:
-        return ""
+        return None
     try:
         return str(sock.getpeername())
     except OSError:
-        return ""
+        return None
     finally:
         sock.close()
 
@@ -135,7 +136,6 @@ class ConnectionGuard(object):
         self._monitor = sock.get_monitor_socket(self.EVENTS)
         self._lock = threading.Lock()
         self._connections = {}  # type: Dict[int, Connection]
-        self._serial = 0
         self._stopped = threading.Event()
         self._thread = None  # type: Optional[threading.Thread]
         self.baseline = rss_bytes()
@@ -144,8 +144,19 @@ class ConnectionGuard(object):
 
     def connection(self, fd: Optional[int]) -> Optional[Connection]:
         """The live connection behind a descriptor (a request's SRCFD), or None."""
+        if fd is None:
+            return None
         with self._lock:
-            return self._connections.get(fd) if fd is not None else None
+            known = self._connections.get(fd)
+        if known is not None:
+            return known
+        # The guard thread has not seen this connection's ACCEPTED event yet (a hello right after
+        # connecting): look at the socket itself, and record it so its DISCONNECTED event removes it.
+        peer = _peer_name(fd)
+        if peer is None:
+            return None
+        with self._lock:
+            return self._connections.setdefault(fd, Connection(fd, peer))
 
     def is_connected(self, connection: Optional[Connection]) -> bool:
         """False once that connection dropped (a later one may reuse its descriptor)."""
@@ -221,9 +232,9 @@ class ConnectionGuard(object):
             fd = event["value"]
             if event["event"] == zmq.EVENT_ACCEPTED:
                 peer = _peer_name(fd)
-                with self._lock:
-                    self._serial += 1
-                    self._connections[fd] = Connection(fd, self._serial, peer)
+                if peer is not None:
+                    with self._lock:
+                        self._connections[fd] = Connection(fd, peer)
             elif event["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                 with self._lock:
                     dropped = self._connections.pop(fd, None) is not None or dropped

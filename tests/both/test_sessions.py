@@ -9,6 +9,7 @@ import zmq
 from bridge.client import BridgeClient
 from bridge.codec import decode
 from bridge.errors import RemoteSessionBusyError, RemoteSessionError, SessionBusyError, SessionError
+from tests.both.test_bridge import wait_until
 from tests.peers.counting_peer import CountingHandler, RunningServer
 
 ACTION = {"throttle": 0.5, "steer": 0.0}
@@ -19,15 +20,6 @@ def server():
     running = RunningServer(CountingHandler())
     yield running
     running.close()
-
-
-def wait_until(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def raw_request(endpoint, message, identity=None):
