@@ -31,6 +31,18 @@ DEFAULT_INLINE_LIMIT = 4 * 1024
 DEFAULT_SHM_LIMIT = 64 * 1024
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+def step_budget_margin(budget: float) -> float:
+    """Seconds a client's request timeout must exceed the sim side's announced step budget by.
+
+    The budget bounds the sim side's work on a reset or step (a CARLA tick plus its sensors' data);
+    the margin covers encoding, the network and a loaded machine, so that a sim-side timeout
+    (which names the sensor and frame) always reaches the trainer before its own request times out.
+    """
+    return max(1.0, 0.25 * budget)
+
+
 DEFAULT_HEARTBEAT_SECONDS = 1.0
 #: the server ends a session after this many heartbeat intervals without hearing from its trainer.
 HEARTBEAT_MISSES_ALLOWED = 5

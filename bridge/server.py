@@ -30,7 +30,12 @@ class SessionHandler(object):
     """What a world offers the server. carla_client.serve adapts a WorldBackend to this."""
 
     def describe(self) -> Dict[str, Any]:
-        """``{"name": str, "version": str, "spec": WorldSpec}``; constant for the process."""
+        """``{"name": str, "version": str, "spec": WorldSpec}``; constant for the process.
+
+        Optionally ``"step_budget_seconds"``: the most a reset or step may take on this side (a
+        CARLA tick plus its sensors' data), announced in ``hello`` so that the trainer's request
+        timeout exceeds it.
+        """
         raise NotImplementedError
 
     def open_session(self) -> None:
@@ -80,6 +85,8 @@ class BridgeServer(object):
         self.sim_name = str(description["name"])
         self.sim_version = str(description["version"])
         self.spec = description["spec"]  # type: WorldSpec
+        budget = description.get("step_budget_seconds")
+        self.step_budget = float(budget) if budget is not None else None  # type: Optional[float]
         self.use_shm = use_shm and shm_available()
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
@@ -263,6 +270,7 @@ class BridgeServer(object):
             "session": self.session.id,
             "shm": shm.describe() if shm is not None else None,
             "warnings": warnings,
+            "step_budget_seconds": self.step_budget,
         }
 
     def _make_shm(self) -> Optional[ShmWriter]:
