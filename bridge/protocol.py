@@ -2,10 +2,13 @@
 
 Revision history of PROTOCOL_VERSION (major.minor; a major mismatch is an error, a minor one a warning):
     1.0  first release: hello/reset/step/close/ping/heartbeat, out-of-band array frames, /dev/shm path.
+    1.1  hello's reply announces step_budget_seconds (the sim side's time per reset/step); error codes
+         BridgeTimeoutError (the step budget ran out) and ActorLostError (reset rebuilds), both
+         ending the episode but not the session.
 """
 from typing import Tuple
 
-PROTOCOL_VERSION = (1, 0)  # type: Tuple[int, int]
+PROTOCOL_VERSION = (1, 1)  # type: Tuple[int, int]
 
 DEFAULT_PORT = 5556
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:{}".format(DEFAULT_PORT)
