@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from bridge.server import BridgeServer
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 from carla_client.carla_backend import CarlaWorld
 from carla_client.sensors import default_sensors, parse_sensors
 from carla_client.serve import WorldSessionHandler

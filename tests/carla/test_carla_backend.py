@@ -22,7 +22,7 @@ import pytest
 from bridge.client import BridgeClient
 from bridge.errors import BridgeError, BridgeTimeoutError, SpecError
 from carla_client import carla_api
-from carla_client.backend import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from carla_client.carla_backend import (DEFAULT_ROUTE_LENGTH, CarlaConnectionError, CarlaSetupError,
                                         CarlaTimeoutError, CarlaUnavailableError, CarlaWorld,
                                         SensorTimeoutError, lane_axes, wrap_degrees)

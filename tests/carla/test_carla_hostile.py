@@ -12,7 +12,7 @@ import pytest
 
 from bridge.errors import ActorLostError, BridgeError, BridgeTimeoutError
 from carla_client import carla_api, carla_backend
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 from carla_client.carla_backend import (CarlaActorLostError, CarlaSetupError, CarlaTimeoutError,
                                         SensorTimeoutError, unfreeze_command)
 from carla_client import unfreeze

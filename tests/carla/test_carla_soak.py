@@ -97,7 +97,6 @@ def test_soak_every_observation_and_event_is_attributed_right(carla):
 
     reported = {}
     late = 0
-    by_frame = {frame: i for i, (frame, _, _, _, _) in enumerate(ticks)}
     for index, (frame, ep, cutoff, _, events) in enumerate(ticks):
         for record in events:
             ident = ident_of(record)
