@@ -120,25 +120,28 @@ def resolve_interpreter(spec):
     return os.path.abspath(path) if path else None
 
 
+def choose_python(cli_value, option, env_var, default_version):
+    """``option``'s value, else ``$env_var``, else Python ``default_version`` from pyenv or PATH.
+
+    Returns (interpreter path or None, a sentence saying where it came from).
+    """
+    if cli_value:
+        return resolve_interpreter(cli_value), "%s %s" % (option, cli_value)
+    env_value = os.environ.get(env_var)
+    if env_value:
+        return resolve_interpreter(env_value), "$%s=%s" % (env_var, env_value)
+    return find_by_version(default_version), "pyenv / PATH lookup of Python " + default_version
+
+
 def choose_sim_python(cli_value):
     """--sim-python, else $CZB_SIM_PYTHON, else Python 3.6 from pyenv (or python3.6 on PATH)."""
-    if cli_value:
-        return resolve_interpreter(cli_value), "--sim-python " + cli_value
-    env_value = os.environ.get("CZB_SIM_PYTHON")
-    if env_value:
-        return resolve_interpreter(env_value), "$CZB_SIM_PYTHON=" + env_value
-    return find_by_version(DEFAULT_SIM_VERSION), "pyenv / PATH lookup of Python " + DEFAULT_SIM_VERSION
+    return choose_python(cli_value, "--sim-python", "CZB_SIM_PYTHON", DEFAULT_SIM_VERSION)
 
 
 def choose_carla_sim_python(cli_value):
-    """--carla-sim-python, else $CZB_CARLA_SIM_PYTHON, else Python 3.7 from pyenv (or python3.7 on PATH)."""
-    if cli_value:
-        return resolve_interpreter(cli_value), "--carla-sim-python " + cli_value
-    env_value = os.environ.get("CZB_CARLA_SIM_PYTHON")
-    if env_value:
-        return resolve_interpreter(env_value), "$CZB_CARLA_SIM_PYTHON=" + env_value
-    return (find_by_version(DEFAULT_CARLA_SIM_VERSION),
-            "pyenv / PATH lookup of Python " + DEFAULT_CARLA_SIM_VERSION)
+    """--carla-sim-python, else $CZB_CARLA_SIM_PYTHON, else Python 3.7 from pyenv or PATH."""
+    return choose_python(cli_value, "--carla-sim-python", "CZB_CARLA_SIM_PYTHON",
+                         DEFAULT_CARLA_SIM_VERSION)
 
 
 def choose_trainer_python(cli_value):

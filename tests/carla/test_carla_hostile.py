@@ -30,6 +30,17 @@ def assert_tick_is_its_frame(tick):
     assert obs["lidar"][0, 0] == tick.frame, "lidar of another frame"
 
 
+def drive_checking_frames(server, steps=20):
+    """A session of ``steps`` steps, each checked against its frame; then all deliveries land."""
+    with make_world(server) as world:
+        world.start()
+        world.reset(seed=0, options={})
+        for _ in range(steps):
+            assert_tick_is_its_frame(world.step(NEUTRAL))
+        server.join()
+        return world.stats()
+
+
 def collision_at(server, frame):
     server.events.setdefault(frame, []).append(
         ("sensor.other.collision", fake_carla.collision(server.carla, frame)))
@@ -41,12 +52,7 @@ def test_callbacks_come_from_other_threads_after_tick_with_per_sensor_delays(ser
     server.delays = {"sensor.camera.rgb": (0.0, 0.05), "sensor.camera.depth": (0.02, 0.06),
                      "sensor.camera.semantic": (0.0, 0.01), "sensor.lidar": (0.01, 0.04),
                      "sensor.other": (0.0, 0.03)}
-    with make_world(server) as world:
-        world.start()
-        world.reset(seed=0, options={})
-        for _ in range(20):
-            assert_tick_is_its_frame(world.step(NEUTRAL))
-        server.join()
+    drive_checking_frames(server)
     threads = {e.thread for e in server.emitted}
     assert threads and threading.current_thread().name not in threads
 
@@ -55,13 +61,7 @@ def test_reordered_duplicated_and_stale_data_are_matched_to_the_frame(server):
     server.delays = {"sensor.": (0.0, 0.03)}
     server.duplicate = 1.0  # every measurement twice
     server.stale = 1.0      # and an old frame of some sensor after every tick
-    with make_world(server) as world:
-        world.start()
-        world.reset(seed=0, options={})
-        for _ in range(20):
-            assert_tick_is_its_frame(world.step(NEUTRAL))
-        server.join()
-        assert world.stats()["discarded_frames"] > 20
+    assert drive_checking_frames(server)["discarded_frames"] > 20
 
 
 def test_frames_from_before_a_reset_arriving_after_it_are_discarded(server):
