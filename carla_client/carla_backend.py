@@ -236,9 +236,9 @@ class CarlaWorld(WorldBackend):
             index = self._rng.randrange(len(self._spawn_points))
         self._route_length = route_length
         carla = self._carla
+        started = time.monotonic()  # a rebuild counts against the budget too: it is a promise
         if self._needs_rebuild or not self._actors_alive():
             self._rebuild()
-        started = time.monotonic()
         try:
             with calling("moving the ego to spawn point {}".format(index), self._where):
                 self._ego.set_transform(self._spawn_points[index])
@@ -521,9 +521,15 @@ class CarlaWorld(WorldBackend):
         The tick and the sensors share one budget, ``timeout`` seconds from ``started``.
         """
         deadline = started + self.timeout
+        remaining = deadline - time.monotonic()
         try:
-            frame = carla_api.tick(self._world, max(deadline - time.monotonic(), 0.001),
-                                   self._where)
+            if remaining <= 0:  # raise before ticking: a tick that times out may still happen
+                raise CarlaTimeoutError(
+                    "the step budget of {:g} s at {} was used up before the tick (applying the "
+                    "control or respawning actors took {:.1f} s): is the server overloaded "
+                    "(raise --carla-timeout)?".format(self.timeout, self._where,
+                                                      time.monotonic() - started))
+            frame = carla_api.tick(self._world, remaining, self._where)
         except CarlaTimeoutError:
             self._counters["tick_timeouts"] += 1
             raise

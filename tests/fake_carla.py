@@ -34,7 +34,8 @@ are options (docs/carla_backend.md, "The hardened fake"):
   ``RuntimeError("trying to operate on a destroyed actor ...")``, and its sensor stops delivering.
 - ``bound_ports``: Traffic Manager ports another process holds: ``get_trafficmanager`` there raises
   libcarla's bind error.
-- ``tick_seconds_taken``: wall-clock seconds each ``tick()`` blocks (a slow server).
+- ``tick_seconds_taken``: wall-clock seconds each ``tick()`` blocks (a slow server);
+  ``slow_calls[name] = s``: the same for any other call.
 
 ``server.emitted`` records every delivery (type, frame, payload, time before and after the callback),
 so a test can tell when each event reached the backend.
@@ -498,6 +499,7 @@ class FakeServer(object):
         self.occupied_x = []
         self.fail_spawn = set()
         self.failures = {}
+        self.slow_calls = {}
         self.tick_error = None
         self.tick_seconds_taken = 0.0
         # delivery: synchronous unless delays or lags are set
@@ -535,6 +537,8 @@ class FakeServer(object):
     def enter(self, name, *args):
         """Records a call and raises the failure scheduled for it, if any."""
         self.calls.append((name,) + args)
+        if self.slow_calls.get(name):
+            time.sleep(self.slow_calls[name])
         pending = self.failures.get(name)
         if pending:
             raise pending.pop(0)

@@ -121,6 +121,19 @@ def test_the_budget_covers_tick_and_sensors_together(server):
         assert_tick_is_its_frame(world.step(NEUTRAL))
 
 
+def test_a_budget_used_up_before_the_tick_raises_without_ticking(server):
+    with make_world(server, timeout=0.3) as world:
+        world.start()
+        world.reset(seed=0, options={})
+        ticks = len(server.calls_named("tick"))
+        server.slow_calls["apply_control"] = 0.4
+        with pytest.raises(CarlaTimeoutError, match="used up before the tick"):
+            world.step(NEUTRAL)
+        assert len(server.calls_named("tick")) == ticks, "no tick that might land unseen"
+        server.slow_calls.clear()
+        assert_tick_is_its_frame(world.step(NEUTRAL))
+
+
 # -- events ---------------------------------------------------------------------------------------
 
 def test_an_event_delivered_before_the_tick_is_sent_is_in_that_tick(server):
