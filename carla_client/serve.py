@@ -30,7 +30,8 @@ class WorldSessionHandler(SessionHandler):
 
     def describe(self) -> Dict[str, Any]:
         description = {"name": self.backend.name, "version": self.backend.version,
-                       "spec": self.backend.spec()}  # type: Dict[str, Any]
+                       "spec": self.backend.spec(),
+                       "snapshot": bool(self.backend.supports_snapshot)}  # type: Dict[str, Any]
         budget = self.backend.step_budget()
         if budget is not None:
             description["step_budget_seconds"] = float(budget)
@@ -49,6 +50,12 @@ class WorldSessionHandler(SessionHandler):
                            self._last_frame, tick.frame)
         self._count_tick()
         return self._reply(tick)
+
+    def snapshot(self) -> Any:
+        return self.backend.snapshot()
+
+    def restore(self, state: Any) -> Dict[str, Any]:
+        return self._reply(self.backend.restore(state))  # the clock goes back: no "frame jumped"
 
     def close_session(self) -> None:
         self._last_frame = None
