@@ -23,13 +23,12 @@ def test_a_stop_signal_restores_the_world_and_destroys_the_actors(carla, sig):
             client.hello()
             first = client.reset(seed=1)
             assert client.step(NEUTRAL).frame == first.frame + 1
-            child.process.send_signal(sig)
-            assert child.process.wait(timeout=20) == 0
-        out = child.process.stdout.read().decode()
-        state = json.loads(out.split("state ", 1)[1])
+            child.send(sig)
+            assert child.wait(20) == 0
+        log = child.read_log()
+        state = json.loads(log.split("state ", 1)[1].splitlines()[0])
         assert state == {"restored": True, "actors": [], "synchronous": False,
                          "spawned": state["spawned"]} and state["spawned"] > 1
-        log = child.process.stderr.read().decode()
         assert "stopped by {}; world restored".format(sig.name) in log
     finally:
         child.close()
