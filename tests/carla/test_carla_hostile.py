@@ -234,12 +234,15 @@ def test_an_ego_destroyed_from_outside_ends_the_episode_and_reset_rebuilds(serve
     assert_restored(server)
 
 
-def test_a_sensor_destroyed_from_outside_times_out_and_reset_rebuilds(server):
+def test_a_sensor_destroyed_from_outside_is_an_actor_lost_and_reset_rebuilds(server):
     with make_world(server, timeout=0.3) as world:
         world.start()
         world.reset(seed=0, options={})
         server.destroy_from_outside(server.sensor("sensor.camera.depth").id)
-        with pytest.raises(SensorTimeoutError, match="'depth'"):
+        with pytest.raises(CarlaActorLostError, match="'depth'") as info:
+            world.step(NEUTRAL)
+        assert isinstance(info.value.__cause__, SensorTimeoutError)
+        with pytest.raises(CarlaActorLostError):
             world.step(NEUTRAL)
         world.reset(seed=0, options={})
         assert world.stats()["rebuilds"] == 1
