@@ -312,7 +312,11 @@ def test_unfreeze_switches_the_world_and_traffic_manager_back(server, capsys):
     argv = unfreeze_command("localhost", 2000, 8123, None).split()[3:]
     assert unfreeze.main(argv, carla_module=server.module) == 0
     assert_restored(server)
-    assert "asynchronous" in capsys.readouterr().out
+    assert "switched back to asynchronous mode" in capsys.readouterr().out
+    applied = len(server.calls_named("apply_settings"))
+    assert unfreeze.main(argv, carla_module=server.module) == 0
+    assert "already asynchronous" in capsys.readouterr().out
+    assert len(server.calls_named("apply_settings")) == applied, "an asynchronous world is left alone"
     server.running = False
     assert unfreeze.main(argv, carla_module=server.module) == 1
 
