@@ -466,9 +466,10 @@ class BridgeClient(object):
         elif self.curve is None:
             why = ("it probably requires CurveZMQ (carla_client --curve DIR): pass curve=DIR "
                    "(env.curve) with that directory's server.key and client.key_secret")
-        else:
-            why = ("it probably does not use CurveZMQ, or its server key is not the server.key in "
-                   "{}".format(self.curve))
+        else:  # a refusal can look like this too when the connection closes before its ERROR
+            why = ("it refused our CURVE key (is {} among its client keys?), or it does not use "
+                   "CurveZMQ, or its server key is not {}".format(
+                       os.path.join(self.curve, "client.key"), os.path.join(self.curve, "server.key")))
         return CurveError("the ZeroMQ handshake with {} failed: {}".format(self.endpoint, why))
 
     def _wait_writable(self, command: str, seq: int, deadline: float) -> None:

@@ -73,8 +73,8 @@ def test_clients_without_keys_or_with_an_unknown_key_get_no_service(curve_server
             with pytest.raises(CurveError, match="requires CurveZMQ"):
                 unkeyed.ping()
         with BridgeClient(curve_server.endpoint, curve=key_dirs[1], timeout=30.0) as stranger:
-            with pytest.raises(CurveError, match="refused our CURVE key"):
-                stranger.hello()
+            with pytest.raises(CurveError, match="refused our CURVE key"):  # (or, when the
+                stranger.hello()  # connection closed before the refusal arrived, says it may have)
         assert trainer.step(ACTION).frame == 1
         assert curve_server.handler.sessions_opened == 1
 
