@@ -11,6 +11,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from carla_client import registry
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 ENVS_JSON = REPO_ROOT / ".venvs" / "envs.json"
@@ -99,7 +101,8 @@ class LaunchConfig:
 
     @property
     def world_kind(self) -> str:
-        """``builtin`` or ``carla`` (``auto`` resolved by whether a CARLA executable is configured)."""
+        """A registered world kind (carla_client/registry.py); ``auto`` is ``carla`` when a CARLA
+        executable is configured, else ``builtin``."""
         if self.world == "auto":
             return "carla" if self.carla.executable else "builtin"
         return self.world
@@ -199,8 +202,9 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
     )
-    if config.world not in ("auto", "builtin", "carla"):
-        raise ValueError(f"world must be auto, builtin or carla, not {config.world!r}")
+    if config.world != "auto" and config.world not in registry.names():
+        raise ValueError(f"world must be auto or one of {', '.join(registry.names())} "
+                         f"(carla_client/registry.py), not {config.world!r}")
     if config.clients.count < 1:
         raise ValueError("clients.count must be at least 1")
     for name, port in (("clients.base_port", config.clients.base_port),

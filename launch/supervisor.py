@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig, RestartSection, default_run_name, resolve_interpreters
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, busy_ports,
@@ -173,7 +174,7 @@ class Launcher:
         try:
             self._prepare()
             log.info("run %s: logs in %s", self.run_name, self.logs_dir)
-            if self.config.world_kind == "carla":
+            if registry.get(self.config.world_kind).needs_server:
                 self._start_carla()
             self._start_clients()
             self._start_trainer()
@@ -249,8 +250,9 @@ class Launcher:
                     wait_tcp(carla.host, port, time.monotonic() + 5.0, should_abort=self.stop_requested)
                 except NotReady as e:
                     raise LaunchError(
-                        f"no CARLA server answers on {carla.host}:{port} ({e}). Start one "
-                        f"(`./CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}`), set "
+                        f"no {self.config.world_kind} server answers on {carla.host}:{port} ({e}). "
+                        f"Start one (`./CarlaUE4.sh "
+                        f"{' '.join(registry.get(self.config.world_kind).server_argv(port))}`), set "
                         "carla.executable so the launcher starts it, or use world=builtin") from e
             return
         taken = busy_ports("127.0.0.1", [p + k for p in ports for k in range(3)])
