@@ -181,3 +181,32 @@ register(BackendInfo(
     server_args=("-RenderOffScreen", "-carla-rpc-port={port}"),
     server_flags=("--host", "--port", "--tm-port"),
     ports_per_server=3))
+
+register(BackendInfo(
+    name="carla084",
+    summary="a CARLA 0.8.4 server (or python -m carla_client.carla084_server) through its "
+            "PythonClient or our own client of its protocol",
+    factory="carla_client.worlds:carla084",
+    options=(
+        BackendOption("--legacy-client", "legacy_client", "auto",
+                      "0.8.4 client: the installed PythonClient (carla.client), our own client of "
+                      "the protocol (wire), or the PythonClient when importable (default: %(default)s)",
+                      choices=("auto", "pythonclient", "wire")),
+        BackendOption("--server-timeout", "server_timeout", 10.0,
+                      "the 0.8.4 server's ServerTimeOut in seconds (set in its own settings file); "
+                      "our per-frame wait uses it as the step budget (default: %(default)s)",
+                      type=float, metavar="SECONDS"),
+        BackendOption("--weather", "weather", 1, "0.8.4 WeatherId, 0-14 (default: %(default)s)",
+                      type=int, metavar="ID"),
+        BackendOption("--vehicles", "vehicles", 0,
+                      "0.8.4 NumberOfVehicles (default: %(default)s)", type=int, metavar="N"),
+        BackendOption("--pedestrians", "pedestrians", 0,
+                      "0.8.4 NumberOfPedestrians (default: %(default)s)", type=int, metavar="N"),
+        BackendOption("--quality", "quality", "Low", "0.8.4 QualityLevel (default: %(default)s)",
+                      choices=("Low", "Epic")),
+    ),
+    python=((3, 5), (3, 12)),
+    requires_any=(("google.protobuf", "carla.client"),),
+    server_args=("-carla-server", "-carla-world-port={port}", "-benchmark", "-fps=20"),
+    server_flags=("--host", "--port"),
+    ports_per_server=3))
