@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from carla_client.backend import VehicleControl, WorldBackend
+from bridge.schema import VehicleControl
+from carla_client.backend import WorldBackend
 from carla_client.builtin import BuiltinWorld, PurePursuit
 from carla_client.sensors import (CAMERA_DEPTH, CAMERA_RGB, CAMERA_SEMANTIC, COLLISION,
                                   LANE_INVASION, SensorConfig, parse_sensors)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from carla_client.compliance import NEUTRAL, WorldServerCompliance
+from carla_client.compliance import WorldServerCompliance
 from tests.both.test_carla084_server import free_port_block
 from tests.peers.processes import REPO_ROOT, ChildProcess
 

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from carla_client.backend import Tick, VehicleControl
+from bridge.schema import VehicleControl
+from bridge.spec import Tick
 from carla_client.builtin import BuiltinWorld, PurePursuit
 from carla_client.carla084 import schema
 from carla_client.carla084.ini import IniSensor, ParsedIni, parse_bool

@@ -10,7 +10,7 @@ import configparser
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from bridge.errors import SpecError
-from carla_client.sensors import (CAMERA_DEPTH, CAMERA_RGB, CAMERA_SEMANTIC, LIDAR, SensorConfig)
+from carla_client.sensors import CAMERA_DEPTH, CAMERA_RGB, CAMERA_SEMANTIC, SensorConfig
 
 SERVER, QUALITY, LEVEL, SENSOR = ("CARLA/Server", "CARLA/QualitySettings", "CARLA/LevelSettings",
                                   "CARLA/Sensor")

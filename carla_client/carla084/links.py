@@ -11,17 +11,16 @@ sensor's data already converted to our observation arrays:
 import importlib
 import logging
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 from carla_client.carla084.errors import (EpisodeLostError, EpisodeRefusedError,
                                           LegacyClientUnavailableError, LegacyConnectionError,
                                           LegacyError, LegacyProtocolError, LegacyTimeoutError)
 from carla_client.carla084.ini import IMAGE_TYPES, LevelSettings, build_ini, sensor_sections
-from carla_client.carla084.payloads import (decode_camera, decode_lidar, depth_metres,
-                                            lidar_points)
+from carla_client.carla084.payloads import decode_camera, decode_lidar, depth_metres
 from carla_client.carla084.wire import WireClient
 from carla_client.sensors import CAMERA_DEPTH, CAMERA_RGB, CAMERA_SEMANTIC, LIDAR, SensorConfig
 

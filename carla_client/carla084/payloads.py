@@ -116,10 +116,3 @@ def labels_to_bgra(tags: np.ndarray) -> np.ndarray:
     out[..., 2] = tags
     out[..., 3] = 255
     return out
-
-
-def lidar_points(scan: LidarScan) -> np.ndarray:
-    """(n, 4) float32 x, y, z, intensity; 0.8.4 has no intensity, so that column is 0."""
-    out = np.zeros((len(scan.points), 4), dtype=np.float32)
-    out[:, :3] = scan.points
-    return out

@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from bridge.errors import SpecError
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 from carla_client.builtin import BuiltinWorld
 from carla_client.carla084 import schema
 from carla_client.carla084.episode import MAP_NAME, EpisodeWorld, read_settings

@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from bridge.errors import ProtocolError, SessionError, SpecError
-from bridge.spec import WorldSpec
-from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
-                                  WorldBackend)
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec
+from carla_client.backend import WorldBackend
 from carla_client.carla084.errors import EpisodeLostError, LegacyConnectionError, LegacyError
 from carla_client.carla084.ini import LevelSettings
 from carla_client.carla084.links import open_link, resolve_kind

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bridge.errors import BridgeTimeoutError, SessionError, SpecError
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 from carla_client.carla084 import schema
 from carla_client.carla084.errors import (EpisodeLostError, EpisodeRefusedError,
                                           LegacyConnectionError, LegacyError, LegacyTimeoutError)
