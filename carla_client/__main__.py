@@ -15,6 +15,7 @@ from carla_client import registry
 from carla_client.backend import WorldBackend
 from carla_client.sensors import load_sensors
 from carla_client.serve import WorldSessionHandler
+from carla_client.signals import StopFlag
 
 logger = logging.getLogger("carla_client")
 
@@ -95,26 +96,11 @@ def make_backend(config: ClientConfig) -> WorldBackend:
     return registry.get(config.world).build(config, load_sensors(config.sensors))
 
 
-class _StopFlag(object):
-    """Set by SIGINT/SIGTERM; the serve loop checks it between requests."""
-
-    def __init__(self) -> None:
-        self.signal = None  # type: Optional[int]
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def set(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = _StopFlag()
-    signal.signal(signal.SIGINT, stop.set)
-    signal.signal(signal.SIGTERM, stop.set)
+    stop = StopFlag().install()  # the serve loop checks it between requests
     try:
         backend = make_backend(config)
     except BridgeError as e:

@@ -6,13 +6,13 @@ See docs/carla084.md.
 """
 import argparse
 import logging
-import signal
 import sys
 from typing import List, Optional
 
 from bridge.errors import BridgeError
 from carla_client.carla084.ini import ParsedIni
 from carla_client.carla084.server import Carla084Server
+from carla_client.signals import StopFlag
 
 logger = logging.getLogger("carla_client.carla084_server")
 
@@ -55,24 +55,11 @@ def server_timeout_ms(args: argparse.Namespace) -> int:
     return 10000
 
 
-class _StopFlag(object):
-    def __init__(self) -> None:
-        self.signal = None  # type: Optional[int]
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def set(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = _StopFlag()
-    signal.signal(signal.SIGINT, stop.set)
-    signal.signal(signal.SIGTERM, stop.set)
+    stop = StopFlag().install()
     try:
         timeout_ms = server_timeout_ms(args)
         with Carla084Server(args.port, seed=args.seed, host=args.host,
