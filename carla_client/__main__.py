@@ -15,7 +15,7 @@ from carla_client import registry
 from carla_client.backend import WorldBackend
 from carla_client.sensors import load_sensors
 from carla_client.serve import WorldSessionHandler
-from carla_client.signals import StopFlag
+from carla_client.signals import STOP_SIGNALS, StopFlag, install_stop_handlers  # noqa: F401
 
 logger = logging.getLogger("carla_client")
 
