@@ -1,6 +1,7 @@
 """CarlaBridgeEnv: a Gymnasium env that drives the sim side's world through the bridge client."""
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import threading
@@ -11,12 +12,28 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agent.inprocess import make_client
+from agent.action import ActionMapping
 from agent.observation import StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
+from bridge.client import BridgeClient
 from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError, SpecError
 
 log = logging.getLogger(__name__)
+
+#: endpoint schemes served by a plug-in client instead of BridgeClient, as "module:function"
+#: (gymnasium's entry-point style), imported on first use: the in-process worlds need the sim
+#: package, and importing the env must never import it.
+CLIENT_PLUGINS = {"inprocess": "agent.inprocess:make_client"}
+
+
+def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> Any:
+    """A BridgeClient for tcp:// and ipc:// endpoints; the plug-in's client for CLIENT_PLUGINS' schemes."""
+    plugin = CLIENT_PLUGINS.get(endpoint.partition("://")[0])
+    if plugin is not None:
+        module, _, function = plugin.partition(":")
+        return getattr(importlib.import_module(module), function)(endpoint, timeout=timeout,
+                                                                   use_shm=use_shm)
+    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)
 
 #: bridge failures after which a reconnect may help (the sim side restarted or hung).
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
@@ -36,11 +53,13 @@ class CarlaBridgeEnv(gym.Env):
           error, lateral velocity, heading-error rate, lane curvature, previous steer and pedal),
           each scaled and clipped to [-1, 1].
 
-    Action space:
+    Action space, from the bounds of the sim's announced ``steer``/``throttle``/``brake`` fields
+    (agent.action.ActionMapping; CARLA's ranges give these):
         - ``action_mode="2d"`` (default): ``Box([-1, -1], [1, 1])`` = (steer, pedal); a positive pedal
           is throttle, a negative one brake.
         - ``action_mode="3d"``: ``Box([-1, 0, 0], [1, 1, 1])`` = (steer, throttle, brake).
-        NaN or infinite actions raise ``ValueError``; out-of-range ones are clipped
+        Other announced control fields are sent at their neutral value (``hand_brake``/``reverse``
+        False). NaN or infinite actions raise ``ValueError``; out-of-range ones are clipped
         (``out_of_range="clip"``) or raise ``ValueError`` (``"raise"``).
 
     Episodes terminate on a collision or when the car is off the road, and are truncated after
@@ -70,7 +89,7 @@ class CarlaBridgeEnv(gym.Env):
         reconnect_timeout: seconds to keep trying to reconnect before giving up.
         reset_options: options passed to the sim's reset.
         render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
-        client_factory: builds the client (tests); defaults to agent.inprocess.make_client.
+        client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -85,7 +104,7 @@ class CarlaBridgeEnv(gym.Env):
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
                  reset_options: dict[str, Any] | None = None, render_mode: str | None = None,
                  client_factory: Callable[[], Any] | None = None) -> None:
-        if action_mode not in ("2d", "3d"):
+        if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
         if out_of_range not in ("clip", "raise"):
             raise ValueError(f"out_of_range must be 'clip' or 'raise', got {out_of_range!r}")
@@ -115,6 +134,11 @@ class CarlaBridgeEnv(gym.Env):
 
         self.server_info = self._connect()
         spec = self.server_info.spec
+        try:
+            self._actions = ActionMapping(spec.action, action_mode, out_of_range)
+        except SpecError:
+            self.close()
+            raise
         self.tick_seconds = spec.tick_seconds
         self._camera = find_camera(spec.observation, camera)
         self._camera_size = None if camera_size is None else (int(camera_size[0]), int(camera_size[1]))
@@ -126,11 +150,7 @@ class CarlaBridgeEnv(gym.Env):
             obs_spaces["camera"] = spaces.Box(0, 255, (h, w, 3), np.uint8)
         obs_spaces["vehicle_state"] = self._encoder.space
         self.observation_space = spaces.Dict(obs_spaces)
-        if action_mode == "2d":
-            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        else:
-            self.action_space = spaces.Box(np.array([-1, 0, 0], np.float32),
-                                           np.array([1, 1, 1], np.float32), dtype=np.float32)
+        self.action_space = self._actions.space
 
         self._measurements: dict[str, Any] | None = None
         self._last_obs: dict[str, np.ndarray] | None = None
@@ -247,14 +267,14 @@ class CarlaBridgeEnv(gym.Env):
         return obs, info
 
     def begin_step(self, action: Any) -> dict[str, Any]:
-        """Checks ``action`` and returns the control to send (see ``_control``).
+        """Checks ``action`` and returns the control to send (agent.action maps it to the spec).
 
         Raises:
             RuntimeError: no episode is running (reset() first). ValueError: a bad action.
         """
         if self._measurements is None:
             raise RuntimeError("step() before reset()")
-        return self._control(action)
+        return self._actions.control(action)
 
     def end_step(self, control: dict[str, Any], reply: Any
                  ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -333,30 +353,6 @@ class CarlaBridgeEnv(gym.Env):
             pass
 
     # ---------------------------------------------------------------- helpers
-    def _control(self, action: Any) -> dict[str, Any]:
-        """Checks the action and maps it to VehicleControl fields.
-
-        Raises:
-            ValueError: wrong shape, NaN/inf, or out of range with ``out_of_range="raise"``.
-        """
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got "
-                             f"{np.shape(action)}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"action contains NaN or infinity: {action!r}")
-        low, high = self.action_space.low, self.action_space.high
-        if np.any(a < low) or np.any(a > high):
-            if self.out_of_range == "raise":
-                raise ValueError(f"action {a.tolist()} is outside [{low.tolist()}, {high.tolist()}]")
-            a = np.clip(a, low, high)
-        if self.action_mode == "2d":
-            steer, throttle, brake = a[0], max(a[1], 0.0), max(-a[1], 0.0)
-        else:
-            steer, throttle, brake = a
-        return {"throttle": float(throttle), "steer": float(steer), "brake": float(brake),
-                "hand_brake": False, "reverse": False}
-
     def _observe(self, sensors: dict[str, np.ndarray], state: np.ndarray) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
         if self._camera is not None:

@@ -14,8 +14,9 @@ from urllib.parse import parse_qs, urlparse
 from bridge import protocol
 from bridge.client import RoundTripStats, ServerInfo, StepReply
 from bridge.errors import BridgeError, SessionError
+from bridge.schema import VehicleControl
 from bridge.spec import validate_fields
-from carla_client.backend import VehicleControl, WorldBackend
+from carla_client.backend import WorldBackend
 
 SCHEME = "inprocess://"
 

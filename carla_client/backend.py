@@ -4,36 +4,15 @@ The server (carla_client/serve.py) owns the protocol; a backend owns the world. 
 lives for the whole process; a *session* (one connected trainer) runs between ``start()`` and
 ``stop()``, and a process may see many sessions.
 """
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, Optional
 
-import numpy as np
+# The schema lives with the protocol (bridge/schema.py); it is re-exported here for code that imported
+# it from this module before it moved.
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec  # Tick: one tick, as both sides see it
 
-from bridge.spec import FieldSpec, Tick, WorldSpec  # Tick: one tick, as both sides see it
-
-#: the action every backend accepts, field by field (carla.VehicleControl's fields and ranges).
-VEHICLE_CONTROL_SPEC = (
-    FieldSpec("throttle", "float32", (), 0.0, 1.0, "accelerator pedal"),
-    FieldSpec("steer", "float32", (), -1.0, 1.0, "steering, -1 full left .. 1 full right"),
-    FieldSpec("brake", "float32", (), 0.0, 1.0, "brake pedal"),
-    FieldSpec("hand_brake", "bool", (), 0, 1, "hand brake engaged"),
-    FieldSpec("reverse", "bool", (), 0, 1, "reverse gear"),
-)
-
-
-class VehicleControl(NamedTuple):
-    """One tick's control, field for field like ``carla.VehicleControl``."""
-
-    throttle: float = 0.0
-    steer: float = 0.0
-    brake: float = 0.0
-    hand_brake: bool = False
-    reverse: bool = False
-
-    @classmethod
-    def from_fields(cls, fields: Dict[str, np.ndarray]) -> "VehicleControl":
-        """Builds a control from fields already validated against VEHICLE_CONTROL_SPEC."""
-        return cls(float(fields["throttle"]), float(fields["steer"]), float(fields["brake"]),
-                   bool(fields["hand_brake"]), bool(fields["reverse"]))
+__all__ = ["MEASUREMENT_SPEC", "VEHICLE_CONTROL_SPEC", "Tick", "VehicleControl", "WorldBackend",
+           "WorldSpec"]
 
 
 class WorldBackend(object):
@@ -74,23 +53,3 @@ class WorldBackend(object):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-#: the measurements every backend reports each tick (CARLA's conventions: metres, m/s, degrees for
-#: the yaw, x forward / y right / z up world axes).
-MEASUREMENT_SPEC = (
-    FieldSpec("location", "float64", (3,), None, None, "ego position x, y, z in metres"),
-    FieldSpec("yaw", "float64", (), -180.0, 180.0, "ego heading in degrees"),
-    FieldSpec("velocity", "float64", (3,), None, None, "ego velocity vector in m/s"),
-    FieldSpec("speed", "float64", (), 0.0, None, "ego speed in m/s"),
-    FieldSpec("acceleration", "float64", (3,), None, None, "ego acceleration vector in m/s^2"),
-    FieldSpec("lateral_offset", "float64", (), None, None,
-              "signed distance from the lane centre in metres, positive to the right"),
-    FieldSpec("heading_error", "float64", (), -3.1416, 3.1416,
-              "ego heading minus the lane direction in radians, wrapped to [-pi, pi]"),
-    FieldSpec("route_distance", "float64", (), None, None,
-              "distance travelled along the route since reset in metres (negative if backwards)"),
-    FieldSpec("route_completion", "float64", (), None, None,
-              "route_distance over the route length: 1.0 is one completed lap"),
-    FieldSpec("off_road", "bool", (), 0, 1, "ego centre is off the drivable road"),
-)

@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bridge.errors import BridgeError, SpecError
-from bridge.spec import WorldSpec
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec
 from carla_client import carla_api
-from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
-                                  WorldBackend)
+from carla_client.backend import WorldBackend
 from carla_client.carla_api import (CarlaConnectionError, CarlaSetupError, CarlaTimeoutError,
                                     CarlaUnavailableError, SensorTimeoutError)
 from carla_client.carla_sensors import (EventQueue, FrameQueue, configure_blueprint, to_event,

@@ -5,8 +5,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from bridge.schema import VehicleControl
 from bridge.server import SessionHandler
-from carla_client.backend import Tick, VehicleControl, WorldBackend
+from bridge.spec import Tick
+from carla_client.backend import WorldBackend
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.client import BridgeClient
 from bridge.errors import RemoteSessionError, RemoteSpecError, SessionError
-from carla_client.backend import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC
 
 NEUTRAL = {"throttle": 0.0, "steer": 0.0, "brake": 0.0, "hand_brake": False, "reverse": False}
 

@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bridge.errors import ProtocolError, SpecError
-from bridge.spec import WorldSpec
-from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
-                                  WorldBackend)
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec
+from carla_client.backend import WorldBackend
 from carla_client.builtin.render import Camera
 from carla_client.builtin.road import TrackParams, cached_track, wrap_angle
 from carla_client.builtin.route import Projection, RouteTracker
