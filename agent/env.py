@@ -1,6 +1,7 @@
 """CarlaBridgeEnv: a Gymnasium env that drives the sim side's world through the bridge client."""
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import math
@@ -16,7 +17,8 @@ from agent.action import ActionMapping
 from agent.observation import StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
 from bridge.client import BridgeClient
-from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError, SpecError
+from bridge.errors import (BridgeTimeoutError, PeerDisconnectedError, SessionError, SnapshotError,
+                           SpecError)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,32 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> A
 
 #: bridge failures after which a reconnect may help (the sim side restarted or hung).
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+
+#: the env's own per-episode state that a snapshot saves next to the sim's.
+_SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
+                        "_steps", "_last_completion", "_start_frame", "_start_time", "sim_frame",
+                        "_np_random")
+
+
+class EnvSnapshot:
+    """An opaque token from ``CarlaBridgeEnv.snapshot()``: the sim's token plus the env's own state.
+
+    Valid for the env (and sim session) that took it; the sim keeps a bounded number of them.
+    """
+
+    __slots__ = ("sim_token", "_env_state")
+
+    def __init__(self, sim_token: str, env_state: dict[str, Any]) -> None:
+        self.sim_token = sim_token
+        self._env_state = env_state
+
+    @property
+    def frame(self) -> int:
+        """The sim's frame id when the snapshot was taken."""
+        return int(self._env_state["sim_frame"])
+
+    def __repr__(self) -> str:
+        return f"EnvSnapshot({self.sim_token!r}, frame={self.frame})"
 
 
 class CarlaBridgeEnv(gym.Env):
@@ -329,6 +357,45 @@ class CarlaBridgeEnv(gym.Env):
                                 "sim_time": math.nan, **{f"reward_{t}": 0.0 for t in TERMS}}
         info["episode_metrics"] = self._metrics(self._last_completion, False)
         return self._copy_obs(self._last_obs), 0.0, False, True, info
+
+    def snapshot(self) -> EnvSnapshot:
+        """Saves the world's full state (on the sim side) and the env's episode state.
+
+        ``restore`` puts both back, so the same actions give byte-identical observations, rewards
+        and infos again (agent.branch builds group rollouts on this).
+
+        Raises:
+            SnapshotUnsupportedError: the sim's world cannot snapshot (e.g. CARLA 0.9).
+            RuntimeError: before the first reset.
+        """
+        if self._measurements is None:
+            raise RuntimeError("snapshot() needs a running episode: call reset() first")
+        token = self._client.snapshot()
+        return EnvSnapshot(token, copy.deepcopy({k: getattr(self, k) for k in _SNAPSHOT_ATTRIBUTES}))
+
+    def restore(self, snapshot: EnvSnapshot) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Puts the world and the episode back to ``snapshot``; returns its (observation, info).
+
+        A snapshot can be restored any number of times, also after its episode ended.
+
+        Raises:
+            SnapshotError: the sim no longer knows the token (dropped as the oldest, or the session
+                was replaced, e.g. by a reconnect) or restored another moment.
+            SnapshotUnsupportedError: the sim's world cannot snapshot.
+        """
+        if not isinstance(snapshot, EnvSnapshot):
+            raise TypeError(f"restore() takes an EnvSnapshot from snapshot(), got {type(snapshot)}")
+        reply = self._client.restore(snapshot.sim_token)
+        state = copy.deepcopy(snapshot._env_state)
+        if int(reply.frame) != state["sim_frame"]:
+            raise SnapshotError(f"the sim restored frame {reply.frame}, but the snapshot was taken "
+                                f"at frame {state['sim_frame']}")
+        for key, value in state.items():
+            setattr(self, key, value)
+        info = {"frame": self.sim_frame - self._start_frame,
+                "sim_time": round(float(reply.sim_time) - self._start_time, 6),
+                "sim_frame": self.sim_frame, "restored": True}
+        return self._copy_obs(self._last_obs), info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self._last_frame is None:

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 
 # The schema lives with the protocol (bridge/schema.py); it is re-exported here for code that imported
 # it from this module before it moved.
+from bridge.errors import SnapshotUnsupportedError
 from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import Tick, WorldSpec  # Tick: one tick, as both sides see it
 
@@ -22,6 +23,8 @@ class WorldBackend(object):
     version = "0"
     #: True when the same seed and the same actions give byte-identical observations.
     deterministic = False
+    #: True when ``snapshot``/``restore`` save and restore the full state (announced in hello).
+    supports_snapshot = False
 
     def spec(self) -> WorldSpec:
         """The observation, measurement and action fields and the tick length (constant per process)."""
@@ -37,6 +40,29 @@ class WorldBackend(object):
     def step(self, control: VehicleControl) -> Tick:
         """Applies ``control``, advances the world by exactly one tick and returns that tick."""
         raise NotImplementedError
+
+    def snapshot(self) -> Any:
+        """The world's full state (vehicles, NPCs, clocks, random generators, sensors) as an opaque
+        object that ``restore`` accepts; later steps must not change it.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot save its full state (the default).
+            SnapshotError: nothing to save yet (e.g. before the first reset).
+        """
+        raise SnapshotUnsupportedError(
+            "the {} world cannot save and restore its full state; it refuses rather than "
+            "approximate".format(self.name))
+
+    def restore(self, state: Any) -> Tick:
+        """Puts the world back into ``state`` exactly and returns the tick of that moment (as it
+        was returned then); the same controls then give byte-identical ticks. ``state`` stays
+        valid for further restores.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot save its full state (the default).
+        """
+        raise SnapshotUnsupportedError(
+            "the {} world cannot save and restore its full state".format(self.name))
 
     def stop(self) -> None:
         """Ends the session: restore every setting changed, destroy every actor spawned.

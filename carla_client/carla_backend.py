@@ -66,6 +66,9 @@ class CarlaWorld(WorldBackend):
 
     name = "carla"
     deterministic = False
+    #: CARLA 0.9 cannot save its physics, the Traffic Manager's state or in-flight sensor data, so
+    #: snapshots are refused (hello announces it) rather than approximated by re-placing actors.
+    supports_snapshot = False
 
     def __init__(self, host: str = "localhost", port: int = 2000,
                  sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,

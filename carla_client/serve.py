@@ -30,7 +30,7 @@ class WorldSessionHandler(SessionHandler):
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.backend.name, "version": self.backend.version,
-                "spec": self.backend.spec()}
+                "spec": self.backend.spec(), "snapshot": bool(self.backend.supports_snapshot)}
 
     def open_session(self) -> None:
         self.backend.start()
@@ -45,6 +45,12 @@ class WorldSessionHandler(SessionHandler):
                            self._last_frame, tick.frame)
         self._count_tick()
         return self._reply(tick)
+
+    def snapshot(self) -> Any:
+        return self.backend.snapshot()
+
+    def restore(self, state: Any) -> Dict[str, Any]:
+        return self._reply(self.backend.restore(state))  # the clock goes back: no "frame jumped"
 
     def close_session(self) -> None:
         self._last_frame = None

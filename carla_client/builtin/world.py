@@ -3,15 +3,17 @@
 The circuit depends on the constructor's ``seed`` only; the seed given to ``reset`` drives episode
 randomness (random start, NPC placement and speeds). The clock runs on like CARLA's in synchronous
 mode: every tick, resets included (as the CARLA backend ticks once to settle a reset), adds one frame
-and ``tick_seconds``, so frame ids never repeat within a process.
+and ``tick_seconds``, so frame ids never repeat within a process, except after ``restore``, which
+puts the clock back with everything else (``snapshot``/``restore`` save and restore the full state).
 """
+import copy
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bridge.errors import ProtocolError, SpecError
+from bridge.errors import ProtocolError, SnapshotError, SpecError
 from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import Tick, WorldSpec
 from carla_client.backend import WorldBackend
@@ -63,6 +65,7 @@ class BuiltinWorld(WorldBackend):
     name = "builtin"
     version = "1.0"
     deterministic = True
+    supports_snapshot = True
 
     def __init__(self, sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
                  seed: int = 0, npc_vehicles: int = 0, vehicle: VehicleParams = VehicleParams(),
@@ -102,6 +105,8 @@ class BuiltinWorld(WorldBackend):
         self._body = body_points(vehicle)
         self._wheels = wheel_points(vehicle)
         self._state = None  # type: Optional[VehicleState]
+        self._previous = None  # type: Optional[VehicleState]  # the state before the last tick
+        self._events = []  # type: List[Dict[str, Any]]  # the last tick's events
         self._frame = 0
         self._route_distance = 0.0
         self._wheel_offsets = ()  # type: Tuple[float, ...]
@@ -151,6 +156,7 @@ class BuiltinWorld(WorldBackend):
         self._frame += 1
         self._route_distance = 0.0
         self._wheel_offsets = self._offsets(self._state, projection, self._wheels)
+        self._previous, self._events = self._state, []
         tick = self._tick(self._state, self._state, projection, [])
         self._pace(started)
         return tick
@@ -192,6 +198,7 @@ class BuiltinWorld(WorldBackend):
             events.append({"type": "lane_invasion", "frame": frame, "markings": crossed})
         self._frame = frame
         self._state = state
+        self._previous, self._events = previous, events
         tick = self._tick(previous, state, projection, events)
         self._pace(started)
         return tick
@@ -201,6 +208,36 @@ class BuiltinWorld(WorldBackend):
         remaining = started + self.tick_latency - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
+
+    def snapshot(self) -> "_Snapshot":
+        """Everything a later tick depends on: ego, NPCs, route tracker, clock, random generator and
+        the last tick's inputs (cameras are stateless and re-render from them).
+
+        Raises:
+            SnapshotError: before the first reset of the session.
+        """
+        if self._state is None:
+            raise SnapshotError("the built-in world has nothing to snapshot before its first reset")
+        return copy.deepcopy(_Snapshot(
+            self._state, self._previous, self._events, self._frame, self._route_distance,
+            self._wheel_offsets, self._tracker.last, self._rng.get_state(),
+            self.traffic.get_state()))
+
+    def restore(self, state: "_Snapshot") -> Tick:
+        """Restores a ``snapshot`` (which stays valid) and returns the tick of that moment.
+
+        Raises:
+            SnapshotError: ``state`` is not a snapshot of a built-in world.
+        """
+        if not isinstance(state, _Snapshot):
+            raise SnapshotError("not a snapshot of the built-in world: {!r}".format(type(state)))
+        saved = copy.deepcopy(state)  # later steps must not change the stored snapshot
+        self._state, self._previous, self._events = saved.ego, saved.previous, saved.events
+        self._frame, self._route_distance = saved.frame, saved.route_distance
+        self._wheel_offsets, self._tracker.last = saved.wheel_offsets, saved.projection
+        self._rng.set_state(saved.rng)
+        self.traffic.set_state(saved.traffic)
+        return self._tick(self._previous, self._state, self._tracker.last, list(self._events))
 
     # -- physics helpers -------------------------------------------------------------------------
 
@@ -283,6 +320,20 @@ class BuiltinWorld(WorldBackend):
             for camera in self._cameras:
                 observation[camera.name] = camera.render(pose, vehicles)
         return Tick(self._frame, self._frame * dt, observation, measurements, events)
+
+
+class _Snapshot(NamedTuple):
+    """A saved BuiltinWorld state (opaque to everyone else)."""
+
+    ego: VehicleState
+    previous: VehicleState
+    events: List[Dict[str, Any]]
+    frame: int
+    route_distance: float
+    wheel_offsets: Tuple[float, ...]
+    projection: Projection
+    rng: Tuple[Any, ...]
+    traffic: Dict[str, Any]
 
 
 def wrap_angle_distance(delta: float, length: float) -> float:
