@@ -243,7 +243,9 @@ class BridgeVecEnv(VecEnv):
                 else:
                     self._poll_recovery(index, out)
             while pending:
-                fired = {self._owner[sock] for sock, _ in self._poller.poll(_POLL_SLICE_MS)}
+                # in-process clients have no sockets: nothing to wait for, take their ticks now
+                wait_ms = _POLL_SLICE_MS if self._owner else 0
+                fired = {self._owner[sock] for sock, _ in self._poller.poll(wait_ms)}
                 # nothing fired: a slice passed, so look at every client (its deadline may be due)
                 for index in sorted(fired or set(pending)):
                     if index in pending:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from agent.bench_scale import KEYS
-from tests.interpreters import REPO_ROOT, subprocess_env
+from launch.interpreters import REPO_ROOT
+from launch.procs import child_env
 
 
 def test_scale_writes_one_record_per_sim_count_with_exactly_the_documented_keys(tmp_path,
@@ -16,7 +17,7 @@ def test_scale_writes_one_record_per_sim_count_with_exactly_the_documented_keys(
     command = [sys.executable, "-m", "agent.bench", "--scale", "1,2", "--tick-latency-ms", "20",
                "--scale-steps", "5", "--repeats", "1", "--sim-python", sim_python,
                "--json", str(out), "--plot", str(png)]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+    done = subprocess.run(command, cwd=REPO_ROOT, env=child_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(out.read_text())
