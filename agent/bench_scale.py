@@ -13,13 +13,13 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from agent.simproc import SimProcess
+from launch.procs import wait_bridge
 
 #: the record written per N (``--json``): exactly these keys.
 KEYS = ("sims", "bridge_vec_steps_per_s", "subproc_steps_per_s", "ideal_steps_per_s")
@@ -42,13 +42,19 @@ def vec_steps_per_second(venv: Any, steps: int, warmup: int, seed: int = 0) -> f
 
 def start_sims(count: int, tick_latency_ms: float, sim_python: str | None, log_dir: Path
                ) -> list[SimProcess]:
-    """Starts ``count`` built-in sims concurrently and waits until each answers a ping."""
+    """Starts ``count`` built-in sims at once and waits until each answers a ping.
+
+    Started from this thread: a child dies with the thread that started it (PR_SET_PDEATHSIG).
+    """
     sims = [SimProcess(seed=index, python=sim_python, log_path=log_dir / f"sim-{index}.log",
                        extra_args=("--tick-latency-ms", str(tick_latency_ms)))
             for index in range(count)]
     try:
-        with ThreadPoolExecutor(min(count, 8)) as pool:
-            list(pool.map(lambda sim: sim.start(ready_timeout=120.0), sims))
+        for sim in sims:
+            sim.child.start()
+        deadline = time.monotonic() + 120.0
+        for sim in sims:  # they boot in parallel; waiting for them in turn costs nothing
+            wait_bridge(sim.endpoint, deadline, sim.child)
     except BaseException:
         for sim in sims:
             sim.stop()
