@@ -8,7 +8,6 @@ decodes and translates. ``make_vec_env`` picks it for more than one endpoint.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import signal
 import threading
@@ -27,6 +26,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from agent.env import RECONNECTABLE, CarlaBridgeEnv
+from bridge.errors import EPISODE_ENDING_REMOTE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,22 @@ class BridgeVecEnv(VecEnv):
         command = pending[index]
         try:
             tick = env.client.recv_tick(block=False)
+            if tick is None:
+                return
+            if command == "reset":
+                del pending[index]
+                self._unwatch(index)
+                obs, self.reset_infos[index] = env.end_reset(tick)
+                self._save_obs(index, obs)
+                return
+            step = env.end_step(self._controls[index], tick)
+        except EPISODE_ENDING_REMOTE_ERRORS as e:  # the sim lives on: as CarlaBridgeEnv.step does
+            if command == "reset":
+                del pending[index]
+                self._unwatch(index)
+                errors.append(e)
+                return
+            step = env.end_episode_on_sim_error(e)
         except RECONNECTABLE as e:
             del pending[index]
             self._unwatch(index)
@@ -331,15 +347,7 @@ class BridgeVecEnv(VecEnv):
             self._unwatch(index)
             errors.append(e)
             return
-        if tick is None:
-            return
-        if command == "reset":
-            del pending[index]
-            self._unwatch(index)
-            obs, self.reset_infos[index] = env.end_reset(tick)
-            self._save_obs(index, obs)
-            return
-        obs, reward, terminated, truncated, info = env.end_step(self._controls[index], tick)
+        obs, reward, terminated, truncated, info = step
         rewards[index] = reward
         dones[index] = done = terminated or truncated
         info["TimeLimit.truncated"] = truncated and not terminated
@@ -374,8 +382,8 @@ class BridgeVecEnv(VecEnv):
         if episode_over:  # the step already reported done; only its reset failed
             infos[index]["bridge_error"] = f"{type(error).__name__}: {error}"
         else:
-            obs, reward, _, _, info = env.interrupt_episode(reconnected=False)
-            info["bridge_error"] = f"{type(error).__name__}: {error}"
+            obs, reward, _, _, info = env.interrupt_episode(
+                {"bridge_error": f"{type(error).__name__}: {error}"})
             info["TimeLimit.truncated"] = True
             info["terminal_observation"] = obs
             rewards[index], dones[index], infos[index] = reward, True, info

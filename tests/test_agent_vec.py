@@ -16,7 +16,7 @@ from stable_baselines3.common.monitor import Monitor
 from agent.inprocess import InProcessClient
 from agent.testing import FlakyClient, RingWorld
 from agent.vec import BridgeVecEnv, make_vec_env
-from bridge.errors import BridgeTimeoutError, PeerDisconnectedError
+from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, RemoteTimeoutError
 from tests.test_agent_bridge import sim, wait_ready  # noqa: F401  (the `sim` fixture)
 
 RING = "inprocess://ring"
@@ -134,6 +134,24 @@ def test_without_reconnect_a_failure_raises_after_the_others_are_collected():
         # nothing is left in flight: the next step works for everyone
         _, _, _, infos = venv.step(np.zeros((3, 2), np.float32))
         assert [i["frame"] for i in infos] == [2, 1, 2]  # env 1 never ticked the failed step
+    finally:
+        venv.close()
+
+
+def test_a_sim_error_that_keeps_the_session_ends_only_that_episode():
+    venv = ring_vec(2, seed=0, reconnect=True)
+    try:
+        venv.reset()
+        venv.step(np.zeros((2, 2), np.float32))
+        client = venv.envs[0].client
+        client.fail_next = RemoteTimeoutError("TimeoutError", "camera data for frame 2 was late")
+        _, rewards, dones, infos = venv.step(np.zeros((2, 2), np.float32))
+        assert dones.tolist() == [True, False] and rewards[0] == 0.0
+        assert "late" in infos[0]["sim_error"] and infos[0]["TimeLimit.truncated"]
+        assert "bridge_error" not in infos[0] and venv.envs[0].client is client  # no reconnect
+        assert venv.reset_infos[0]["frame"] == 0  # reset at once, like any episode end
+        _, _, _, infos = venv.step(np.zeros((2, 2), np.float32))
+        assert [i["frame"] for i in infos] == [1, 3]
     finally:
         venv.close()
 
