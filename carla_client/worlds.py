@@ -12,7 +12,8 @@ def builtin(config: Any, sensors: Sequence[SensorConfig]) -> WorldBackend:
     """The built-in world (``--world builtin``)."""
     from carla_client.builtin import BuiltinWorld
     return BuiltinWorld(sensors=sensors, tick_seconds=config.tick, seed=config.seed,
-                        npc_vehicles=config.npc_vehicles)
+                        npc_vehicles=config.npc_vehicles,
+                        tick_latency=config.tick_latency_ms / 1000.0)
 
 
 def carla(config: Any, sensors: Sequence[SensorConfig]) -> WorldBackend:
