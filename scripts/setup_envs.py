@@ -6,7 +6,7 @@
 
 Layout (default --venv-dir .venvs):
     .venvs/sim-<X.Y>/   pyzmq, msgpack, numpy pinned for that interpreter, `pip install -e .[test]`
-    .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,test]` (torch pinned to 2.13.0)
+    .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,cluster,test]` (torch pinned to 2.13.0)
     .venvs/envs.json    {"sim_python": ..., "trainer_python": ..., ...}: read by tests/ and the launcher
 
 Each venv carries a stamp: a hash of setup.cfg, setup.py, pyproject.toml, the constraints file used,
@@ -38,7 +38,7 @@ STAMP_NAME = ".czb-stamp.json"
 STAMP_SCHEMA = 1
 
 SIM_EXTRAS = "test"
-TRAINER_EXTRAS = "train,carla,test"
+TRAINER_EXTRAS = "train,carla,cluster,test"
 DEFAULT_SIM_VERSION = "3.6"
 DEFAULT_TRAINER_VERSION = "3.11"
 
