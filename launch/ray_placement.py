@@ -123,13 +123,18 @@ class RayPlacement(Placement):
         ray = self._ray = import_ray()
         cluster, count = self.config.cluster, self.config.clients.count
         options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        if cluster.address:
-            log.info("ray: connecting to the cluster at %s", cluster.address)
-            ray.init(address=cluster.address, **options)
-        else:
-            log.info("ray: starting a local instance with %d %s", count, cluster.sim_resource)
-            ray.init(resources={cluster.sim_resource: count}, **options)
-            self._owns_ray = True
+        try:
+            if cluster.address:
+                log.info("ray: connecting to the cluster at %s", cluster.address)
+                ray.init(address=cluster.address, **options)
+            else:
+                log.info("ray: starting a local instance with %d %s", count, cluster.sim_resource)
+                ray.init(resources={cluster.sim_resource: count}, **options)
+                self._owns_ray = True
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"reach the Ray cluster at {cluster.address}" if cluster.address else "start Ray"
+            raise LaunchError(f"cannot {where}: {e} (for a cluster: is `ray start --head` running "
+                              "there? `ray status` tells)") from e
         offered = ray.cluster_resources().get(cluster.sim_resource, 0)
         if offered < count:
             raise LaunchError(
