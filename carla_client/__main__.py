@@ -95,8 +95,8 @@ def make_backend(config: ClientConfig) -> WorldBackend:
 
 
 #: signals that end the process through the same restore path as SIGTERM (each where it exists):
-#: SIGHUP when the terminal or SSH session closes, SIGQUIT (Ctrl-backslash), and SIGBREAK, which is how
-#: Windows delivers the CTRL_BREAK_EVENT the launcher sends instead of TerminateProcess.
+#: SIGHUP when the terminal or SSH session closes, SIGQUIT (Ctrl-backslash), and SIGBREAK, which
+#: is how Windows delivers the CTRL_BREAK_EVENT the launcher sends instead of TerminateProcess.
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGBREAK")
 
 
