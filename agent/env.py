@@ -39,6 +39,8 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> A
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+#: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
+RESET_ATTEMPTS = 3
 
 #: the env's own per-episode state that a snapshot saves next to the sim's.
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
@@ -248,12 +250,12 @@ class CarlaBridgeEnv(gym.Env):
         sim_seed = seed if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
         sim_options = {**self.reset_options, **(options or {})}
         try:
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+            reply = self._reset_sim(sim_seed, sim_options)
         except RECONNECTABLE as e:
             if not self.reconnect or isinstance(e, RemoteError):
                 raise
             self._reconnect(e)
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+            reply = self._reset_sim(sim_seed, sim_options)
         self._steps = 0
         self._last_completion = 0.0
         self._episode = {"return": 0.0, "collisions": 0, "lane_invasions": 0, "late_events": 0,
@@ -268,6 +270,20 @@ class CarlaBridgeEnv(gym.Env):
                 "sim_start_time": self._start_time, "route_completion": 0.0,
                 "speed": float(reply.measurements["speed"])}
         return obs, info
+
+    def _reset_sim(self, sim_seed: int, sim_options: dict[str, Any]) -> Any:
+        """The sim's reset; one that it could not finish (a late CARLA tick or sensor, a lost ego)
+        is tried again, up to RESET_ATTEMPTS times: the session is fine, and the sim side skips the
+        late data and respawns lost actors on the next reset."""
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            try:
+                return self._client.reset(seed=sim_seed, options=sim_options)
+            except EPISODE_ENDING_REMOTE_ERRORS as e:
+                if attempt == RESET_ATTEMPTS:
+                    raise
+                log.warning("the sim side could not finish reset (attempt %d of %d: %s); trying "
+                            "again", attempt, RESET_ATTEMPTS, e)
+        raise AssertionError("unreachable")
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._measurements is None:
