@@ -29,6 +29,7 @@ class ClientConfig(NamedTuple):
     tick: float
     carla_timeout: float
     npc_vehicles: int
+    tick_latency_ms: float
     shm: bool
     idle_timeout: float
     max_snapshots: int
@@ -64,6 +65,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
         help="CARLA client timeout (default: %(default)s)")
     arg("--npc", dest="npc_vehicles", metavar="N", type=int, default=0,
         help="NPC vehicles in the built-in world (default: %(default)s)")
+    arg("--tick-latency-ms", metavar="L", type=float, default=0.0,
+        help="built-in world only: every tick takes at least L ms of wall time, sleeping the rest, "
+             "to emulate a CARLA server bound by GPU rendering (default: %(default)s)")
     arg("--no-shm", dest="shm", action="store_false",
         help="never offer the /dev/shm fast path (default: offered to same-host trainers)")
     arg("--idle-timeout", metavar="SECONDS", type=float, default=60.0,
@@ -76,6 +80,11 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     args = parser.parse_args(argv)
     if not args.tick > 0:
         parser.error("--tick must be positive")
+    if not 0.0 <= args.tick_latency_ms <= 10000.0:
+        parser.error("--tick-latency-ms must be in [0, 10000]")
+    if args.tick_latency_ms and args.world != "builtin":
+        parser.error("--tick-latency-ms emulates a slow tick in the built-in world; a CARLA "
+                     "server's tick takes what its rendering takes")
     if args.max_snapshots < 1:
         parser.error("--max-snapshots must be at least 1")
     return ClientConfig(**vars(args))
@@ -87,7 +96,8 @@ def make_backend(config: ClientConfig) -> WorldBackend:
     if config.world == "builtin":
         from carla_client.builtin import BuiltinWorld
         return BuiltinWorld(sensors=sensors, tick_seconds=config.tick, seed=config.seed,
-                            npc_vehicles=config.npc_vehicles)
+                            npc_vehicles=config.npc_vehicles,
+                            tick_latency=config.tick_latency_ms / 1000.0)
     from carla_client.carla_backend import CarlaWorld
     return CarlaWorld(host=config.host, port=config.port, sensors=sensors,
                       tick_seconds=config.tick, tm_port=config.tm_port,
@@ -95,8 +105,8 @@ def make_backend(config: ClientConfig) -> WorldBackend:
 
 
 #: signals that end the process through the same restore path as SIGTERM (each where it exists):
-#: SIGHUP when the terminal or SSH session closes, SIGQUIT (Ctrl-backslash), and SIGBREAK, which is how
-#: Windows delivers the CTRL_BREAK_EVENT the launcher sends instead of TerminateProcess.
+#: SIGHUP when the terminal or SSH session closes, SIGQUIT (Ctrl-backslash), and SIGBREAK, which
+#: is how Windows delivers the CTRL_BREAK_EVENT the launcher sends instead of TerminateProcess.
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGBREAK")
 
 
