@@ -40,6 +40,8 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> A
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+#: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
+RESET_ATTEMPTS = 3
 
 #: the env's own per-episode state that a snapshot saves next to the sim's.
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
@@ -250,12 +252,12 @@ class CarlaBridgeEnv(gym.Env):
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         sim_seed, sim_options = self.begin_reset(seed=seed, options=options)
         try:
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+            reply = self._reset_sim(sim_seed, sim_options)
         except RECONNECTABLE as e:
             if not self.reconnect or isinstance(e, RemoteError):
                 raise
             self._reconnect(e)
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+            reply = self._reset_sim(sim_seed, sim_options)
         return self.end_reset(reply)
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -301,6 +303,20 @@ class CarlaBridgeEnv(gym.Env):
                 "sim_start_time": self._start_time, "route_completion": 0.0,
                 "speed": float(reply.measurements["speed"])}
         return obs, info
+
+    def _reset_sim(self, sim_seed: int, sim_options: dict[str, Any]) -> Any:
+        """The sim's reset; one that it could not finish (a late CARLA tick or sensor, a lost ego)
+        is tried again, up to RESET_ATTEMPTS times: the session is fine, and the sim side skips the
+        late data and respawns lost actors on the next reset."""
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            try:
+                return self._client.reset(seed=sim_seed, options=sim_options)
+            except EPISODE_ENDING_REMOTE_ERRORS as e:
+                if attempt == RESET_ATTEMPTS:
+                    raise
+                log.warning("the sim side could not finish reset (attempt %d of %d: %s); trying "
+                            "again", attempt, RESET_ATTEMPTS, e)
+        raise AssertionError("unreachable")
 
     def begin_step(self, action: Any) -> dict[str, Any]:
         """Checks ``action`` and returns the control to send (agent.action maps it to the spec).

@@ -179,7 +179,7 @@ def check_ports(config: LaunchConfig) -> list[Row]:
             other = first_free_port(tb.host, tb.port + 1)
             rows.append(Row(WARN, f"port {tb.port}", f"in use (an old TensorBoard?): the launcher will "
                             f"use {other} instead", f"or set tensorboard.port={other}"))
-    if config.world_kind == "carla" and config.carla.executable:
+    if registry.get(config.world_kind).needs_server and config.carla.executable:
         for index in range(clients.count):
             port = config.carla.rpc_port(index)
             if port_is_free("127.0.0.1", port):

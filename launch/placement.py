@@ -35,6 +35,10 @@ class Supervision(NamedTuple):
     should_abort: Callable[[], bool]
     #: a second signal arrived: skip the grace periods.
     hurry: Callable[[], bool]
+    #: the run's logs/ directory (each process logs to <name>.log there).
+    logs_dir: Path
+    #: records a process started by other means than make_process (name, pid, command line).
+    record: Callable[[str, "int | None", list[str]], None]
 
 
 class Placement:
@@ -71,6 +75,19 @@ class Placement:
         raise NotImplementedError
 
 
+def check_client_ports(config: LaunchConfig) -> None:
+    """Raises LaunchError if a carla_client's port (``clients.base_port + i``) is taken here."""
+    clients = config.clients
+    ports = [clients.base_port + i for i in range(clients.count)]
+    taken = busy_ports(clients.host, ports)
+    if taken:
+        raise LaunchError(
+            f"port(s) {', '.join(map(str, taken))} on {clients.host} are in use, so carla_client "
+            f"cannot bind them. Another launcher or carla_client may still be running (find it with "
+            f"`ss -ltnp 'sport = :{taken[0]}'`, Windows: `netstat -ano | findstr :{taken[0]}`); stop "
+            f"it, or pick other ports with clients.base_port=PORT")
+
+
 class SimClient:
     """A supervised carla_client: its process, its limiter, and a pending restart time."""
 
@@ -94,15 +111,7 @@ class LocalPlacement(Placement):
         return self.config.clients.endpoints()
 
     def check_free(self) -> None:
-        clients = self.config.clients
-        ports = [clients.base_port + i for i in range(clients.count)]
-        taken = busy_ports(clients.host, ports)
-        if taken:
-            raise LaunchError(
-                f"port(s) {', '.join(map(str, taken))} on {clients.host} are in use, so carla_client "
-                f"cannot bind them. Another launcher or carla_client may still be running (find it with "
-                f"`ss -ltnp 'sport = :{taken[0]}'`, Windows: `netstat -ano | findstr :{taken[0]}`); stop "
-                f"it, or pick other ports with clients.base_port=PORT")
+        check_client_ports(self.config)
 
     def start(self) -> None:
         if registry.get(self.config.world_kind).needs_server:
