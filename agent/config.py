@@ -8,8 +8,8 @@ import yaml
 
 from bridge.errors import BridgeError, ConfigError
 from bridge.transport import parse_tcp_endpoint
-from launch.config import read_yaml
 from launch.overrides import apply_overrides as apply_key_values
+from launch.overrides import read_yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "ppo.yaml"
 

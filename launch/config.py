@@ -13,6 +13,7 @@ from bridge.errors import ConfigError, UnknownKeyError
 from carla_client import registry
 from launch.interpreters import find_sim_python, find_trainer_python
 from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
+from launch.overrides import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -137,23 +138,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         raw = merge(raw, _read_yaml(Path(path)), str(path))
     raw = apply_overrides(raw, overrides, shorthands=SHORTHANDS)
     return from_dict(raw)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content (the launcher's and the trainer's configs).
-
-    Raises:
-        ConfigError (a ValueError): the file is not valid YAML (one line: where and what).
-        OSError: the file cannot be read.
-    """
-    with open(path) as f:
-        try:
-            return yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from e
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
