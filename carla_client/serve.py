@@ -30,7 +30,9 @@ class WorldSessionHandler(SessionHandler):
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.backend.name, "version": self.backend.version,
-                "spec": self.backend.spec(), "snapshot": bool(self.backend.supports_snapshot)}
+                "spec": self.backend.spec(), "snapshot": bool(self.backend.supports_snapshot),
+                "deterministic": bool(self.backend.deterministic),
+                "settings": self.backend.settings()}
 
     def open_session(self) -> None:
         self.backend.start()
