@@ -225,6 +225,12 @@ class CarlaBridgeEnv(gym.Env):
     def client(self) -> Any:
         return self._client
 
+    @property
+    def measurements(self) -> dict[str, Any] | None:
+        """The sim's raw measurements of the last tick (None before the first reset); recorded
+        datasets keep them so that a replay can compare them byte for byte."""
+        return self._measurements
+
     def bridge_stats(self) -> tuple[float, float, float]:
         """(round trip p50 seconds, p99 seconds, sim ticks per second) over recent requests."""
         if self._client is None:
@@ -249,6 +255,7 @@ class CarlaBridgeEnv(gym.Env):
                 raise
             self._reconnect(e)
             reply = self._client.reset(seed=sim_seed, options=sim_options)
+        self.sim_seed = sim_seed  # what the sim was reset with: recordings keep it for replays
         self._steps = 0
         self._last_completion = 0.0
         self._episode = {"return": 0.0, "collisions": 0, "lane_invasions": 0, "speed_sum": 0.0,
