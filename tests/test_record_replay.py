@@ -3,6 +3,7 @@ sim interpreter), loaded in a fresh process, and replayed byte for byte; one cha
 import json
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 
 from agent.record import main as record_main
 from agent.replay import difference, main as replay_main
-from agent.simproc import wait_for_sim
-from tests.interpreters import REPO_ROOT, free_tcp_endpoint, subprocess_env
+from launch.interpreters import REPO_ROOT
+from launch.procs import child_env, free_tcp_endpoint, wait_bridge
 
 DATASET = "carla/builtin/test-v0"
 SENSORS = [{"name": "camera", "type": "sensor.camera.rgb", "view": "chase", "width": 40,
@@ -37,7 +38,7 @@ def sim(sim_process, tmp_path):
     endpoint = free_tcp_endpoint()
     proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint, "--npc", "3",
                         "--seed", "2", "--sensors", str(sensors)])
-    wait_for_sim(endpoint, proc.alive, 60.0)
+    wait_bridge(endpoint, time.monotonic() + 60.0, proc)
     return endpoint
 
 
@@ -64,7 +65,7 @@ def load_in_fresh_process(dataset_id):
             "actions": list(episodes[0].actions.shape), "rewards": len(episodes[0].rewards),
             "info_keys": sorted(episodes[0].infos or {})}))
     """ % dataset_id
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(),
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -171,7 +172,7 @@ def test_training_records_while_it_trains(datasets, tmp_path):
                "endpoints=inprocess://builtin", "total_timesteps=128", "ppo.n_steps=64",
                "ppo.batch_size=32", "ppo.n_epochs=1", "progress_bar=false", "policy.cnn_dim=16",
                "env.max_episode_steps=25", "record.dataset_id=carla/builtin/train-v0"]
-    env = subprocess_env({"MINARI_DATASETS_PATH": str(datasets)})
+    env = child_env({"MINARI_DATASETS_PATH": str(datasets)})
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
