@@ -11,6 +11,7 @@ import pytest
 
 from agent.record import main as record_main
 from agent.replay import difference, main as replay_main
+from bridge import protocol
 from launch.interpreters import REPO_ROOT
 from launch.procs import child_env, free_tcp_endpoint, wait_bridge
 
@@ -83,7 +84,8 @@ def test_recorded_dataset_loads_in_a_fresh_process_with_its_metadata(recorded, d
     assert world["settings"]["seed"] == 2 and world["settings"]["npc_vehicles"] == 3
     assert [s["name"] for s in world["settings"]["sensors"]] == ["camera", "collision",
                                                                  "lane_invasion"]
-    assert loaded["bridge"]["infos"] is True and loaded["bridge"]["bridge_protocol"] == "1.1"
+    assert loaded["bridge"]["infos"] is True
+    assert loaded["bridge"]["bridge_protocol"] == protocol.version_string()
     steps = loaded["rewards"]
     assert loaded["camera"] == [steps + 1, 32, 40, 3] and loaded["actions"] == [steps, 2]
     assert {"measurements", "frame", "sim_time", "reward_terms"} <= set(loaded["info_keys"])
