@@ -8,11 +8,15 @@ Repeats are interleaved and the medians reported; the goal is bridge >= 0.9x in 
 ``--record-steps`` (default 1000; 0 skips) also measures Minari recording (agent.dataset): env
 steps/s over the bridge with and without recording for an 84x84 camera (the goal: overhead under
 20 %), and what the dataset costs on disk per 1,000 steps for an 84x84 and an 800x600 camera.
+
+``--scale 1,2,4,8,16 --tick-latency-ms 50`` measures scaling out instead (agent/bench_scale.py):
+BridgeVecEnv and SubprocVecEnv over N slow-ticking sims against the ideal N x 1000 / L.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -239,7 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-recording", action="store_true",
                         help="run the recording benchmark only")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results here")
+    scaling = parser.add_argument_group("scaling out (--scale)")
+    scaling.add_argument("--scale", metavar="N,N,...", default=None,
+                         help="measure BridgeVecEnv and SubprocVecEnv over these sim counts instead; "
+                              "--json then gets one record per count: sims, "
+                              "bridge_vec_steps_per_s, subproc_steps_per_s, ideal_steps_per_s")
+    scaling.add_argument("--tick-latency-ms", metavar="L", type=float, default=50.0,
+                         help="each sim tick lasts at least L ms (default: %(default)s)")
+    scaling.add_argument("--scale-steps", metavar="S", type=int, default=100,
+                         help="vec steps per run after a 10-step warm-up (default: %(default)s)")
+    scaling.add_argument("--plot", metavar="PNG", default=None, help="also plot the scaling here")
     args = parser.parse_args(argv)
+    if args.scale is not None:
+        return main_scale(args, parser)
     results: list[dict] = []
     if not args.only_recording:
         results = bench(args.steps, args.repeats, args.sim_python, args.shm, args.policy_steps,
@@ -253,6 +269,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"bridge": results, "recording": recording},
                                               indent=1))
+    return 0
+
+
+def main_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from agent import bench_scale
+    from agent.config import load_config
+    from agent.train import env_kwargs
+
+    try:
+        counts = [int(n) for n in args.scale.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--scale wants comma-separated sim counts, got {args.scale!r}")
+    if not counts or min(counts) < 1 or not args.tick_latency_ms > 0 or args.scale_steps < 1:
+        parser.error("--scale needs counts >= 1, --tick-latency-ms > 0 and --scale-steps >= 1")
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="agent-bench-scale-") as tmp:
+        records = bench_scale.scale(counts, args.tick_latency_ms, args.scale_steps, 10,
+                                    args.repeats, args.sim_python, Path(tmp),
+                                    env_kwargs(load_config()))
+    print(bench_scale.markdown(records))
+    print(f"\nMedians of {args.repeats} interleaved runs of {args.scale_steps} vec steps each; "
+          f"{args.tick_latency_ms:g} ms ticks; load average before {load[0]:.1f}, after "
+          f"{os.getloadavg()[0]:.1f}.")
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    if args.plot:
+        bench_scale.plot(records, args.plot, args.tick_latency_ms)
     return 0
 
 

@@ -541,8 +541,14 @@ class CarlaWorld(WorldBackend):
         for config, frame_queue in self._data_queues:
             try:
                 data = frame_queue.get(frame, deadline)
-            except SensorTimeoutError:
+            except SensorTimeoutError as e:
                 self._counters["sensor_timeouts"] += 1
+                if not self._actors_alive():  # silent because another client destroyed it
+                    raise CarlaActorLostError(
+                        "sensor {!r} delivered nothing for frame {} at {} because an actor of ours "
+                        "is gone (destroyed by another client): this episode is over; the next "
+                        "reset spawns the ego and its sensors again".format(
+                            config.name, frame, self._where)) from e
                 raise
             observation[config.name] = to_observation(config, data)
         with calling("reading the ego's state", self._where):

@@ -3,7 +3,8 @@
 A CARLA server in synchronous mode with no client ticking it waits forever, and every other client
 sees a frozen world. ``CarlaWorld.stop`` restores the settings it changed; when that fails for good
 (the server did not answer for the whole restore deadline) it logs this command with the values to
-put back::
+put back. The launcher runs it too, after a carla_client was killed before it could restore. A world
+that is not synchronous is left alone::
 
     python -m carla_client.unfreeze --host 127.0.0.1 --port 2000 --tm-port 8000 --fixed-delta-seconds none
 """
@@ -49,17 +50,19 @@ def unfreeze(carla: Any, host: str, port: int, tm_port: Optional[int], fixed_del
     with carla_api.calling("switching the world to asynchronous mode", where):
         world = client.get_world()
         settings = world.get_settings()
+        if not settings.synchronous_mode:
+            return "already asynchronous"  # nothing frozen: the Traffic Manager is left alone too
         settings.synchronous_mode = False
         if fixed_delta != "keep":
             settings.fixed_delta_seconds = fixed_delta
         world.apply_settings(settings)
-    done = "world asynchronous"
     if tm_port is not None:
         with carla_api.calling("switching the Traffic Manager on port {} to asynchronous mode"
                                .format(tm_port), where):
             client.get_trafficmanager(tm_port).set_synchronous_mode(False)
-        done += ", Traffic Manager on port {} asynchronous".format(tm_port)
-    return done
+        return "switched back to asynchronous mode (the world and the Traffic Manager on port {})" \
+            .format(tm_port)
+    return "switched back to asynchronous mode (the world)"
 
 
 def main(argv: Optional[List[str]] = None, carla_module: Any = None) -> int:

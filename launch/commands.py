@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from carla_client import registry
 from launch.config import REPO_ROOT, LaunchConfig, find_input
 from launch.procs import child_env  # noqa: F401  (the launcher's callers build children's env here)
 
@@ -12,11 +13,15 @@ LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
 
 
 def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
-    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``."""
+    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``.
+
+    The arguments are the world kind's (registry): a 0.8.4 server gets ``-carla-server
+    -carla-world-port=P ...``.
+    """
     assert config.carla.executable, "carla_server_argv needs carla.executable"
     executable = str(find_input(config.carla.executable))
-    return [executable, "-RenderOffScreen", f"-carla-rpc-port={config.carla.rpc_port(index)}",
-            *config.carla.extra_args]
+    info = registry.get(config.world_kind)
+    return [executable, *info.server_argv(config.carla.rpc_port(index)), *config.carla.extra_args]
 
 
 def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
@@ -24,9 +29,11 @@ def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
     clients = config.clients
     argv = [sim_python, "-m", clients.module, "--world", config.world_kind,
             "--bind", clients.endpoints()[index], "--seed", str(clients.seed + index)]
-    if config.world_kind == "carla":
-        argv += ["--host", config.carla.host, "--port", str(config.carla.rpc_port(index)),
-                 "--tm-port", str(config.carla.tm_port + index)]
+    flags = registry.get(config.world_kind).server_flags  # what this world kind reads
+    values = {"--host": config.carla.host, "--port": str(config.carla.rpc_port(index)),
+              "--tm-port": str(config.carla.tm_port + index)}
+    for flag in flags:
+        argv += [flag, values[flag]]
     if clients.sensors:
         argv += ["--sensors", str(find_input(clients.sensors))]
     return argv + list(clients.extra_args)
@@ -83,27 +90,10 @@ def tensorboard_argv(config: LaunchConfig, trainer_python: str, logdir: Path, po
             "--port", str(port), "--reload_interval", f"{tb.reload_interval:g}", *tb.extra_args]
 
 
-# Under the sim's interpreter (down to 3.6): switch a CARLA world (and its Traffic Manager) back to
-# asynchronous mode. carla_client restores what it changed when stopped, but a client killed with
-# SIGKILL cannot, and its restarted successor finds the world synchronous and leaves it so.
-_RESTORE_ASYNC = r"""
-import sys
-import carla
-client = carla.Client(sys.argv[1], int(sys.argv[2]))
-client.set_timeout(10.0)
-world = client.get_world()
-settings = world.get_settings()
-if settings.synchronous_mode:
-    settings.synchronous_mode = False
-    settings.fixed_delta_seconds = None
-    world.apply_settings(settings)
-    client.get_trafficmanager(int(sys.argv[3])).set_synchronous_mode(False)
-    print("switched back to asynchronous mode")
-else:
-    print("already asynchronous")
-"""
-
-
 def restore_async_argv(sim_python: str, host: str, port: int, tm_port: int) -> list[str]:
-    """``<sim python> -c ... HOST PORT TM_PORT``: leaves a CARLA server asynchronous (so it cannot freeze)."""
-    return [sim_python, "-c", _RESTORE_ASYNC, host, str(port), str(tm_port)]
+    """``<sim python> -m carla_client.unfreeze ...``: leaves a CARLA server asynchronous (so it
+    cannot freeze) with a variable time step, its Traffic Manager too; a no-op if it is not
+    synchronous. carla_client restores what it changed when stopped, but a client killed with
+    SIGKILL cannot, and its restarted successor finds the world synchronous and leaves it so."""
+    return [sim_python, "-m", "carla_client.unfreeze", "--host", host, "--port", str(port),
+            "--tm-port", str(tm_port), "--fixed-delta-seconds", "none"]

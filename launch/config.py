@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import yaml
 
 from bridge.errors import ConfigError, UnknownKeyError
+from carla_client import registry
 from launch.interpreters import find_sim_python, find_trainer_python
 from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
 
@@ -85,6 +86,21 @@ class TensorBoardSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterSection:
+    """Where the sims run: ``local`` (children of the launcher) or ``ray`` (one Ray actor per sim)."""
+
+    kind: str
+    address: str | None
+    sim_resource: str
+    max_restarts: int
+    ready_timeout: float
+
+
+#: sections that name a choice: ``cluster=ray`` on the command line is short for ``cluster.kind=ray``.
+SHORTHANDS = {"cluster": "cluster.kind"}
+
+
+@dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     """The resolved configuration (see launch/configs/default.yaml for every key's meaning)."""
 
@@ -97,10 +113,12 @@ class LaunchConfig:
     restart: RestartSection
     trainer: TrainerSection
     tensorboard: TensorBoardSection
+    cluster: ClusterSection
 
     @property
     def world_kind(self) -> str:
-        """``builtin`` or ``carla`` (``auto`` resolved by whether a CARLA executable is configured)."""
+        """A registered world kind (carla_client/registry.py); ``auto`` is ``carla`` when a CARLA
+        executable is configured, else ``builtin``."""
         if self.world == "auto":
             return "carla" if self.carla.executable else "builtin"
         return self.world
@@ -116,7 +134,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     raw = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
         raw = merge(raw, _read_yaml(Path(path)), str(path))
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, shorthands=SHORTHANDS)
     return from_dict(raw)
 
 
@@ -170,9 +188,15 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         restart=section(RestartSection, raw["restart"], "restart"),
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
+        cluster=section(ClusterSection, raw["cluster"], "cluster"),
     )
-    if config.world not in ("auto", "builtin", "carla"):
-        raise ConfigError(f"world must be auto, builtin or carla, not {config.world!r}")
+    if config.cluster.kind not in ("local", "ray"):
+        raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
+    if config.cluster.max_restarts < 0:
+        raise ConfigError("cluster.max_restarts must be 0 or more")
+    if config.world != "auto" and config.world not in registry.names():
+        raise ConfigError(f"world must be auto or one of {', '.join(registry.names())} "
+                          f"(carla_client/registry.py), not {config.world!r}")
     if config.clients.count < 1:
         raise ConfigError("clients.count must be at least 1")
     for name, port in (("clients.base_port", config.clients.base_port),

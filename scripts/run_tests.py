@@ -88,6 +88,15 @@ def read_junit(path):
     return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
 
 
+def missing_interpreter(label, problem, consequence):
+    """A run whose interpreter is missing: a failed result under CI=true, else a warning (no result)."""
+    if is_ci():
+        log("FAILED: %s: %s (CI=true)" % (label, problem))
+        return [(label, False, None)]
+    log("WARNING: %s: %s; %s" % (label, problem, consequence))
+    return []
+
+
 def split_paths(pytest_args):
     """Separates test paths (tests/x.py, tests/x.py::test_y) from the other pytest arguments."""
     paths, options = [], []
@@ -142,12 +151,8 @@ def main(argv=None):
     if args.skip_sim:
         log("sim run: skipped (--skip-sim)")
     elif not sim_python or not os.path.exists(sim_python):
-        msg = "sim run: no sim interpreter recorded in %s" % envs_json
-        if is_ci():
-            log("FAILED: " + msg + " (CI=true)")
-            results.append(("sim", False, None))
-        else:
-            log("WARNING: " + msg + "; cross-version tests will be skipped too")
+        results += missing_interpreter("sim run", "no sim interpreter recorded in %s" % envs_json,
+                                       "cross-version tests will be skipped too")
     else:
         if explicit_paths:
             paths = [p for p in explicit_paths if under(p, BOTH_DIR) or under(p, SIM_DIR)]
@@ -170,12 +175,8 @@ def main(argv=None):
     elif not carla_paths:
         log("CARLA client run: nothing to run (no tests under %s selected)" % CARLA_DIR)
     elif not carla_python or not os.path.exists(carla_python):
-        msg = "CARLA client run: no carla_sim_python recorded in %s" % envs_json
-        if is_ci():
-            log("FAILED: " + msg + " (CI=true)")
-            results.append(("CARLA client run", False, None))
-        else:
-            log("WARNING: " + msg + "; the CARLA backend is tested with carla 0.9.16 only")
+        results += missing_interpreter("CARLA client run", "no carla_sim_python recorded in %s"
+                                       % envs_json, "the CARLA backend is tested with carla 0.9.16 only")
     else:
         rc, counts = run_pytest(carla_label, carla_python, carla_paths, pytest_args, env,
                                 args.run_timeout)

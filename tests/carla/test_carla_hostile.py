@@ -13,8 +13,8 @@ import pytest
 from bridge.errors import ActorLostError, BridgeError, BridgeTimeoutError
 from carla_client import carla_api, carla_backend
 from bridge.schema import VehicleControl
-from carla_client.carla_backend import (CarlaActorLostError, CarlaSetupError, CarlaTimeoutError,
-                                        SensorTimeoutError, unfreeze_command)
+from carla_client.carla_backend import (CarlaActorLostError, CarlaConnectionError, CarlaSetupError,
+                                        CarlaTimeoutError, SensorTimeoutError, unfreeze_command)
 from carla_client import unfreeze
 from tests import fake_carla
 from tests.carla.support import NEUTRAL, assert_restored, make_world
@@ -213,6 +213,17 @@ def test_a_timeout_in_a_step_is_a_typed_error_and_the_session_survives(server, c
     assert_restored(server)
 
 
+def test_a_dropped_connection_in_a_step_is_a_connection_error(server):
+    with make_world(server) as world:
+        world.start()
+        world.reset(seed=0, options={})
+        server.fail("get_snapshot", error=RuntimeError("read: Connection reset by peer"))
+        with pytest.raises(CarlaConnectionError, match="Connection reset"):
+            world.step(NEUTRAL)
+        assert_tick_is_its_frame(world.step(NEUTRAL))  # the server came back: the session goes on
+    assert_restored(server)
+
+
 def test_an_ego_destroyed_from_outside_ends_the_episode_and_reset_rebuilds(server):
     with make_world(server) as world:
         world.start()
@@ -234,12 +245,15 @@ def test_an_ego_destroyed_from_outside_ends_the_episode_and_reset_rebuilds(serve
     assert_restored(server)
 
 
-def test_a_sensor_destroyed_from_outside_times_out_and_reset_rebuilds(server):
+def test_a_sensor_destroyed_from_outside_is_an_actor_lost_and_reset_rebuilds(server):
     with make_world(server, timeout=0.3) as world:
         world.start()
         world.reset(seed=0, options={})
         server.destroy_from_outside(server.sensor("sensor.camera.depth").id)
-        with pytest.raises(SensorTimeoutError, match="'depth'"):
+        with pytest.raises(CarlaActorLostError, match="'depth'") as info:
+            world.step(NEUTRAL)
+        assert isinstance(info.value.__cause__, SensorTimeoutError)
+        with pytest.raises(CarlaActorLostError):
             world.step(NEUTRAL)
         world.reset(seed=0, options={})
         assert world.stats()["rebuilds"] == 1
@@ -309,7 +323,11 @@ def test_unfreeze_switches_the_world_and_traffic_manager_back(server, capsys):
     argv = unfreeze_command("localhost", 2000, 8123, None).split()[3:]
     assert unfreeze.main(argv, carla_module=server.module) == 0
     assert_restored(server)
-    assert "asynchronous" in capsys.readouterr().out
+    assert "switched back to asynchronous mode" in capsys.readouterr().out
+    applied = len(server.calls_named("apply_settings"))
+    assert unfreeze.main(argv, carla_module=server.module) == 0
+    assert "already asynchronous" in capsys.readouterr().out
+    assert len(server.calls_named("apply_settings")) == applied, "an asynchronous world is left alone"
     server.running = False
     assert unfreeze.main(argv, carla_module=server.module) == 1
 
@@ -350,6 +368,9 @@ def test_libcarla_messages_map_to_typed_errors():
         ms=10, host="h", port=1)), "x", where), CarlaTimeoutError)
     assert isinstance(carla_api.translate(RuntimeError(fake_carla.DESTROYED_MESSAGE), "x", where),
                       CarlaActorLostError)
+    lost = carla_api.translate(RuntimeError("read: Connection reset by peer"), "ticking", where)
+    assert isinstance(lost, CarlaConnectionError) and isinstance(lost, ConnectionError)
+    assert "h:1" in str(lost) and "-carla-rpc-port=1" in str(lost)
     other = carla_api.translate(RuntimeError("rpc::rpc_error during call"), "spawning", where)
     assert isinstance(other, CarlaSetupError) and "spawning" in str(other) and "h:1" in str(other)
     with pytest.raises(RecursionError):  # not libcarla's: left alone
