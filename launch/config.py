@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import yaml
 
 from bridge.errors import ConfigError, UnknownKeyError
+from carla_client import registry
 from launch.interpreters import find_sim_python, find_trainer_python
 from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
 
@@ -116,7 +117,8 @@ class LaunchConfig:
 
     @property
     def world_kind(self) -> str:
-        """``builtin`` or ``carla`` (``auto`` resolved by whether a CARLA executable is configured)."""
+        """A registered world kind (carla_client/registry.py); ``auto`` is ``carla`` when a CARLA
+        executable is configured, else ``builtin``."""
         if self.world == "auto":
             return "carla" if self.carla.executable else "builtin"
         return self.world
@@ -192,8 +194,9 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
     if config.cluster.max_restarts < 0:
         raise ConfigError("cluster.max_restarts must be 0 or more")
-    if config.world not in ("auto", "builtin", "carla"):
-        raise ConfigError(f"world must be auto, builtin or carla, not {config.world!r}")
+    if config.world != "auto" and config.world not in registry.names():
+        raise ConfigError(f"world must be auto or one of {', '.join(registry.names())} "
+                          f"(carla_client/registry.py), not {config.world!r}")
     if config.clients.count < 1:
         raise ConfigError("clients.count must be at least 1")
     for name, port in (("clients.base_port", config.clients.base_port),

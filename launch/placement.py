@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, busy_ports,
@@ -113,7 +114,7 @@ class LocalPlacement(Placement):
         check_client_ports(self.config)
 
     def start(self) -> None:
-        if self.config.world_kind == "carla":
+        if registry.get(self.config.world_kind).needs_server:
             self._start_carla()
         self._start_clients()
 
@@ -129,8 +130,9 @@ class LocalPlacement(Placement):
                              should_abort=self.supervision.stop_requested)
                 except NotReady as e:
                     raise LaunchError(
-                        f"no CARLA server answers on {carla.host}:{port} ({e}). Start one "
-                        f"(`./CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}`), set "
+                        f"no {self.config.world_kind} server answers on {carla.host}:{port} ({e}). "
+                        f"Start one (`./CarlaUE4.sh "
+                        f"{' '.join(registry.get(self.config.world_kind).server_argv(port))}`), set "
                         "carla.executable so the launcher starts it, or use world=builtin") from e
             return
         taken = busy_ports("127.0.0.1", [p + k for p in ports for k in range(3)])
