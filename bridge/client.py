@@ -582,9 +582,17 @@ class BridgeClient(object):
         return CurveError("the ZeroMQ handshake with {} failed: {}".format(self.endpoint, why))
 
     def _wait_writable(self, command: str, seq: int, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self._socket.poll(remaining * 1000, zmq.POLLOUT):
-            raise BridgeTimeoutError(self._timeout_message(command, seq, 0))
+        """Waits until the socket can send, in slices: a connection whose handshake failed (a CURVE
+        refusal ends it for good) leaves nothing to send to, which the monitor tells at once."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BridgeTimeoutError(self._timeout_message(command, seq, 0))
+            if self._socket.poll(min(remaining, _LIVENESS_SLICE_SECONDS) * 1000, zmq.POLLOUT):
+                return
+            self._monitor.poll_disconnected()
+            if self._monitor.handshake_failure is not None:
+                raise self._handshake_error()
 
     def _receive(self, seq: int) -> Optional[Dict[str, Any]]:
         """The next reply, or None for a stale one that cannot even be decoded any more."""

@@ -2,6 +2,7 @@
 import os
 import shutil
 import stat
+import time
 
 import pytest
 import zmq
@@ -72,6 +73,12 @@ def test_clients_without_keys_or_with_an_unknown_key_get_no_service(curve_server
         with BridgeClient(curve_server.endpoint, timeout=30.0) as unkeyed:
             with pytest.raises(CurveError, match="requires CurveZMQ"):
                 unkeyed.ping()
+        with BridgeClient(curve_server.endpoint, timeout=30.0) as late:
+            time.sleep(0.5)  # refused before it sends: nothing to send to, the monitor says why
+            started = time.monotonic()
+            with pytest.raises(CurveError, match="requires CurveZMQ"):
+                late.ping()
+            assert time.monotonic() - started < 20.0
         with BridgeClient(curve_server.endpoint, curve=key_dirs[1], timeout=30.0) as stranger:
             with pytest.raises(CurveError, match="refused our CURVE key"):  # (or, when the
                 stranger.hello()  # connection closed before the refusal arrived, says it may have)
