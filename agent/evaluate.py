@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             from stable_baselines3 import PPO
 
             torch.set_num_threads(int(config.get("torch_threads", 1)))
-            model = PPO.load(args.model, device="cpu")
+            from agent.train import torch_device
+
+            model = PPO.load(args.model, device=torch_device(config))
             act = lambda obs: model.predict(obs, deterministic=not args.stochastic)[0]  # noqa: E731
             title = f"{args.model}, {args.episodes} episodes"
         video = (VideoRecorder(args.video, 1.0 / env.tick_seconds, args.video_height)

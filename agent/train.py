@@ -20,10 +20,13 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import get_device
 
-from agent.callbacks import BridgeStatsCallback, DrivingMetricsCallback, ProgressLogCallback
+from agent.callbacks import (BridgeStatsCallback, DrivingMetricsCallback, ProgressLogCallback,
+                             StatusFileCallback)
 from agent.config import load_config, save_config
 from agent.policy import DrivingExtractor
+from agent.status import status_path
 from agent.vec import make_vec_env
 
 log = logging.getLogger("agent.train")
@@ -59,6 +62,18 @@ def env_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def torch_device(config: dict[str, Any]) -> torch.device:
+    """The config's ``device`` resolved as SB3 does: ``auto`` is CUDA when torch sees a GPU, else CPU.
+
+    Raises:
+        ValueError: a device name torch does not know.
+    """
+    try:
+        return get_device(str(config.get("device") or "auto"))
+    except RuntimeError as e:
+        raise ValueError(f"device={config.get('device')!r}: {e}") from e
+
+
 def build_model(config: dict[str, Any], venv: Any) -> PPO:
     policy = dict(config.get("policy") or {})
     policy_kwargs = {
@@ -69,7 +84,7 @@ def build_model(config: dict[str, Any], venv: Any) -> PPO:
         "log_std_init": float(policy.get("log_std_init", 0.0)),
     }
     return PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs, seed=config.get("seed"),
-               device="cpu", verbose=0, **(config.get("ppo") or {}))
+               device=torch_device(config), verbose=0, **(config.get("ppo") or {}))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -79,8 +94,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> int:
     """Runs (or continues) training; returns the process exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch_device(config)
+    config = {**config, "resolved_device": str(device)}  # what `device: auto` became on this machine
     save_config(config, run_dir / "config.yaml")
+    log.info("device %s (config: device=%s)", device, config.get("device", "auto"))
     torch.set_num_threads(int(config.get("torch_threads", 1)))
+    status = StatusFileCallback(status_path(run_dir), int(config["total_timesteps"]), str(device))
+    status.write("starting")
     n_envs = len(config["endpoints"])
     venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
                         **env_kwargs(config))
@@ -90,7 +110,7 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
     model = None
     try:
         if resume is not None:
-            model = PPO.load(resume, env=venv, device="cpu")
+            model = PPO.load(resume, env=venv, device=device)
             log.info("resumed %s at step %d", resume, model.num_timesteps)
         else:
             model = build_model(config, venv)
@@ -103,13 +123,14 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             callbacks = CallbackList([
                 CheckpointCallback(every, str(run_dir / "checkpoints"), CHECKPOINT_PREFIX),
                 DrivingMetricsCallback(), BridgeStatsCallback(),
-                ProgressLogCallback(log, int(config["total_timesteps"]))])
+                ProgressLogCallback(log, int(config["total_timesteps"])), status])
             started = time.monotonic()
             model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
                         progress_bar=bool(config.get("progress_bar", True)))
             log.info("trained %d steps in %.0f s", remaining, time.monotonic() - started)
         model.save(run_dir / "model.zip")
         log.info("saved %s", run_dir / "model.zip")
+        status.write("finished")
         return 0
     except KeyboardInterrupt as e:
         if model is not None:
@@ -117,7 +138,11 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             model.save(path)
             log.warning("interrupted (%s): saved %s; continue with --resume %s", e or "Ctrl-C",
                         path, path)
+        status.write("interrupted")
         return 130
+    except Exception as e:
+        status.write("failed", error=f"{type(e).__name__}: {e}")
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         try:

@@ -14,6 +14,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 ENVS_JSON = REPO_ROOT / ".venvs" / "envs.json"
+#: console: auto = the live panel in a terminal, plain progress lines otherwise.
+CONSOLE_MODES = ("auto", "live", "plain", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,7 @@ class LaunchConfig:
     restart: RestartSection
     trainer: TrainerSection
     tensorboard: TensorBoardSection
+    console: str = "auto"
 
     @property
     def world_kind(self) -> str:
@@ -198,7 +201,10 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         restart=section(RestartSection, raw["restart"], "restart"),
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
+        console=_coerce(raw.get("console", "auto"), "str", "console"),
     )
+    if config.console not in CONSOLE_MODES:
+        raise ValueError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
     if config.world not in ("auto", "builtin", "carla"):
         raise ValueError(f"world must be auto, builtin or carla, not {config.world!r}")
     if config.clients.count < 1:

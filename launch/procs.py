@@ -86,6 +86,7 @@ class ManagedProcess:
         self.on_start = on_start
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.started_at: float | None = None  # wall-clock time of the latest start
         self._stop_requested = False
         self._exit_reported = False
 
@@ -119,6 +120,7 @@ class ManagedProcess:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logfile,
                                          stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, **kwargs)
         self.starts += 1
+        self.started_at = time.time()
         self._stop_requested = self._exit_reported = False
         log.info("%s: started pid %d (log %s)", self.name, self.proc.pid, self.log_path)
         if self.on_start:

@@ -6,6 +6,9 @@ import sys
 import time
 
 import pytest
+import yaml
+
+from agent.status import read_status
 
 from agent.simproc import wait_for_sim
 from tests.interpreters import REPO_ROOT, free_tcp_endpoint, subprocess_env
@@ -52,6 +55,13 @@ def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
     assert "step 128/256" in first.stderr and "step 256/256" in first.stderr  # progress in the log
     run_dir = runs / "smoke"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "model.zip").is_file()
+    # the status channel the launcher's console reads, and the device `device: auto` resolved to
+    status = read_status(run_dir / "status.json")
+    assert status["phase"] == "finished" and status["num_timesteps"] == 256
+    assert status["total_timesteps"] == 256 and status["episodes"] >= 1 and status["steps_per_second"] > 0
+    assert status["device"] == "cpu" and status["last_episode"]["length"] > 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["device"] == "auto" and config["resolved_device"] == "cpu"  # no GPU in CI
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["ppo_128_steps.zip", "ppo_256_steps.zip"]
 
