@@ -29,6 +29,7 @@ class ClientConfig(NamedTuple):
     tick: float
     carla_timeout: float
     npc_vehicles: int
+    circuits: int
     shm: bool
     idle_timeout: float
     log_level: str
@@ -63,6 +64,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
         help="CARLA client timeout (default: %(default)s)")
     arg("--npc", dest="npc_vehicles", metavar="N", type=int, default=0,
         help="NPC vehicles in the built-in world (default: %(default)s)")
+    arg("--circuits", metavar="K", type=int, default=1,
+        help="built-in world: serve K circuits, world seeds SEED .. SEED+K-1, one drawn at each reset "
+             "from the reset's seed (or named by the world_seed reset option) (default: %(default)s)")
     arg("--no-shm", dest="shm", action="store_false",
         help="never offer the /dev/shm fast path (default: offered to same-host trainers)")
     arg("--idle-timeout", metavar="SECONDS", type=float, default=60.0,
@@ -73,6 +77,8 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     args = parser.parse_args(argv)
     if not args.tick > 0:
         parser.error("--tick must be positive")
+    if args.circuits < 1:
+        parser.error("--circuits must be at least 1")
     return ClientConfig(**vars(args))
 
 
@@ -82,7 +88,7 @@ def make_backend(config: ClientConfig) -> WorldBackend:
     if config.world == "builtin":
         from carla_client.builtin import BuiltinWorld
         return BuiltinWorld(sensors=sensors, tick_seconds=config.tick, seed=config.seed,
-                            npc_vehicles=config.npc_vehicles)
+                            npc_vehicles=config.npc_vehicles, circuits=config.circuits)
     from carla_client.carla_backend import CarlaWorld
     return CarlaWorld(host=config.host, port=config.port, sensors=sensors,
                       tick_seconds=config.tick, tm_port=config.tm_port,

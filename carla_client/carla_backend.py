@@ -15,7 +15,8 @@ import numpy as np
 from bridge.errors import BridgeError, SpecError
 from bridge.spec import WorldSpec
 from carla_client import carla_api
-from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
+from carla_client import carla_lead
+from carla_client.backend import (LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
                                   WorldBackend)
 from carla_client.carla_api import (CarlaConnectionError, CarlaSetupError, CarlaTimeoutError,
                                     CarlaUnavailableError, SensorTimeoutError)
@@ -389,6 +390,8 @@ class CarlaWorld(WorldBackend):
             self._route_distance += float(np.dot(np.subtract(location, self._last_location),
                                                  forward))
         self._last_location = location
+        lead_distance, lead_closing_speed = carla_lead.lead_vehicle(
+            self._ego, lane, self._world.get_actors().filter("vehicle.*"), LEAD_RANGE)
         return {
             "location": np.array(location, dtype=np.float64),
             "yaw": wrap_degrees(transform.rotation.yaw),
@@ -400,6 +403,8 @@ class CarlaWorld(WorldBackend):
             "route_distance": self._route_distance,
             "route_completion": self._route_distance / self._route_length,
             "off_road": on_lane is None,
+            "lead_distance": lead_distance,
+            "lead_closing_speed": lead_closing_speed,
         }
 
 
