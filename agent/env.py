@@ -1,6 +1,8 @@
 """CarlaBridgeEnv: a Gymnasium env that drives the sim side's world through the bridge client."""
 from __future__ import annotations
 
+import copy
+import importlib
 import logging
 import math
 import time
@@ -10,15 +12,58 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agent.inprocess import make_client
+from agent.action import ActionMapping
 from agent.observation import StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
-from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SessionError, SpecError
+from bridge.client import BridgeClient
+from bridge.errors import (BridgeTimeoutError, PeerDisconnectedError, SessionError, SnapshotError,
+                           SpecError)
 
 log = logging.getLogger(__name__)
 
+#: endpoint schemes served by a plug-in client instead of BridgeClient, as "module:function"
+#: (gymnasium's entry-point style), imported on first use: the in-process worlds need the sim
+#: package, and importing the env must never import it.
+CLIENT_PLUGINS = {"inprocess": "agent.inprocess:make_client"}
+
+
+def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> Any:
+    """A BridgeClient for tcp:// and ipc:// endpoints; the plug-in's client for CLIENT_PLUGINS' schemes."""
+    plugin = CLIENT_PLUGINS.get(endpoint.partition("://")[0])
+    if plugin is not None:
+        module, _, function = plugin.partition(":")
+        return getattr(importlib.import_module(module), function)(endpoint, timeout=timeout,
+                                                                   use_shm=use_shm)
+    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)
+
 #: bridge failures after which a reconnect may help (the sim side restarted or hung).
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+
+#: the env's own per-episode state that a snapshot saves next to the sim's.
+_SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
+                        "_steps", "_last_completion", "_start_frame", "_start_time", "sim_frame",
+                        "_np_random")
+
+
+class EnvSnapshot:
+    """An opaque token from ``CarlaBridgeEnv.snapshot()``: the sim's token plus the env's own state.
+
+    Valid for the env (and sim session) that took it; the sim keeps a bounded number of them.
+    """
+
+    __slots__ = ("sim_token", "_env_state")
+
+    def __init__(self, sim_token: str, env_state: dict[str, Any]) -> None:
+        self.sim_token = sim_token
+        self._env_state = env_state
+
+    @property
+    def frame(self) -> int:
+        """The sim's frame id when the snapshot was taken."""
+        return int(self._env_state["sim_frame"])
+
+    def __repr__(self) -> str:
+        return f"EnvSnapshot({self.sim_token!r}, frame={self.frame})"
 
 
 class CarlaBridgeEnv(gym.Env):
@@ -35,11 +80,13 @@ class CarlaBridgeEnv(gym.Env):
           error, lateral velocity, heading-error rate, lane curvature, previous steer and pedal),
           each scaled and clipped to [-1, 1].
 
-    Action space:
+    Action space, from the bounds of the sim's announced ``steer``/``throttle``/``brake`` fields
+    (agent.action.ActionMapping; CARLA's ranges give these):
         - ``action_mode="2d"`` (default): ``Box([-1, -1], [1, 1])`` = (steer, pedal); a positive pedal
           is throttle, a negative one brake.
         - ``action_mode="3d"``: ``Box([-1, 0, 0], [1, 1, 1])`` = (steer, throttle, brake).
-        NaN or infinite actions raise ``ValueError``; out-of-range ones are clipped
+        Other announced control fields are sent at their neutral value (``hand_brake``/``reverse``
+        False). NaN or infinite actions raise ``ValueError``; out-of-range ones are clipped
         (``out_of_range="clip"``) or raise ``ValueError`` (``"raise"``).
 
     Episodes terminate on a collision or when the car is off the road, and are truncated after
@@ -69,7 +116,7 @@ class CarlaBridgeEnv(gym.Env):
         reconnect_timeout: seconds to keep trying to reconnect before giving up.
         reset_options: options passed to the sim's reset.
         render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
-        client_factory: builds the client (tests); defaults to agent.inprocess.make_client.
+        client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -84,7 +131,7 @@ class CarlaBridgeEnv(gym.Env):
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
                  reset_options: dict[str, Any] | None = None, render_mode: str | None = None,
                  client_factory: Callable[[], Any] | None = None) -> None:
-        if action_mode not in ("2d", "3d"):
+        if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
         if out_of_range not in ("clip", "raise"):
             raise ValueError(f"out_of_range must be 'clip' or 'raise', got {out_of_range!r}")
@@ -113,6 +160,11 @@ class CarlaBridgeEnv(gym.Env):
 
         self.server_info = self._connect()
         spec = self.server_info.spec
+        try:
+            self._actions = ActionMapping(spec.action, action_mode, out_of_range)
+        except SpecError:
+            self.close()
+            raise
         self.tick_seconds = spec.tick_seconds
         self._camera = find_camera(spec.observation, camera)
         self._camera_size = None if camera_size is None else (int(camera_size[0]), int(camera_size[1]))
@@ -124,11 +176,7 @@ class CarlaBridgeEnv(gym.Env):
             obs_spaces["camera"] = spaces.Box(0, 255, (h, w, 3), np.uint8)
         obs_spaces["vehicle_state"] = self._encoder.space
         self.observation_space = spaces.Dict(obs_spaces)
-        if action_mode == "2d":
-            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        else:
-            self.action_space = spaces.Box(np.array([-1, 0, 0], np.float32),
-                                           np.array([1, 1, 1], np.float32), dtype=np.float32)
+        self.action_space = self._actions.space
 
         self._measurements: dict[str, Any] | None = None
         self._last_obs: dict[str, np.ndarray] | None = None
@@ -218,7 +266,7 @@ class CarlaBridgeEnv(gym.Env):
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._measurements is None:
             raise RuntimeError("step() before reset()")
-        control = self._control(action)
+        control = self._actions.control(action)
         try:
             reply = self._client.step(control)
         except RECONNECTABLE as e:
@@ -269,6 +317,45 @@ class CarlaBridgeEnv(gym.Env):
             info["episode_metrics"] = self._metrics(completion, lap_completed)
         return obs, reward, terminated, truncated, info
 
+    def snapshot(self) -> EnvSnapshot:
+        """Saves the world's full state (on the sim side) and the env's episode state.
+
+        ``restore`` puts both back, so the same actions give byte-identical observations, rewards
+        and infos again (agent.branch builds group rollouts on this).
+
+        Raises:
+            SnapshotUnsupportedError: the sim's world cannot snapshot (e.g. CARLA 0.9).
+            RuntimeError: before the first reset.
+        """
+        if self._measurements is None:
+            raise RuntimeError("snapshot() needs a running episode: call reset() first")
+        token = self._client.snapshot()
+        return EnvSnapshot(token, copy.deepcopy({k: getattr(self, k) for k in _SNAPSHOT_ATTRIBUTES}))
+
+    def restore(self, snapshot: EnvSnapshot) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Puts the world and the episode back to ``snapshot``; returns its (observation, info).
+
+        A snapshot can be restored any number of times, also after its episode ended.
+
+        Raises:
+            SnapshotError: the sim no longer knows the token (dropped as the oldest, or the session
+                was replaced, e.g. by a reconnect) or restored another moment.
+            SnapshotUnsupportedError: the sim's world cannot snapshot.
+        """
+        if not isinstance(snapshot, EnvSnapshot):
+            raise TypeError(f"restore() takes an EnvSnapshot from snapshot(), got {type(snapshot)}")
+        reply = self._client.restore(snapshot.sim_token)
+        state = copy.deepcopy(snapshot._env_state)
+        if int(reply.frame) != state["sim_frame"]:
+            raise SnapshotError(f"the sim restored frame {reply.frame}, but the snapshot was taken "
+                                f"at frame {state['sim_frame']}")
+        for key, value in state.items():
+            setattr(self, key, value)
+        info = {"frame": self.sim_frame - self._start_frame,
+                "sim_time": round(float(reply.sim_time) - self._start_time, 6),
+                "sim_frame": self.sim_frame, "restored": True}
+        return self._copy_obs(self._last_obs), info
+
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self._last_frame is None:
             return None
@@ -292,30 +379,6 @@ class CarlaBridgeEnv(gym.Env):
             pass
 
     # ---------------------------------------------------------------- helpers
-    def _control(self, action: Any) -> dict[str, Any]:
-        """Checks the action and maps it to VehicleControl fields.
-
-        Raises:
-            ValueError: wrong shape, NaN/inf, or out of range with ``out_of_range="raise"``.
-        """
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got "
-                             f"{np.shape(action)}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"action contains NaN or infinity: {action!r}")
-        low, high = self.action_space.low, self.action_space.high
-        if np.any(a < low) or np.any(a > high):
-            if self.out_of_range == "raise":
-                raise ValueError(f"action {a.tolist()} is outside [{low.tolist()}, {high.tolist()}]")
-            a = np.clip(a, low, high)
-        if self.action_mode == "2d":
-            steer, throttle, brake = a[0], max(a[1], 0.0), max(-a[1], 0.0)
-        else:
-            steer, throttle, brake = a
-        return {"throttle": float(throttle), "steer": float(steer), "brake": float(brake),
-                "hand_brake": False, "reverse": False}
-
     def _observe(self, sensors: dict[str, np.ndarray], state: np.ndarray) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
         if self._camera is not None:

@@ -13,9 +13,11 @@ from urllib.parse import parse_qs, urlparse
 
 from bridge import protocol
 from bridge.client import RoundTripStats, ServerInfo, StepReply
-from bridge.errors import SessionError
+from bridge.errors import SessionError, SnapshotUnsupportedError
+from bridge.schema import VehicleControl
+from bridge.snapshots import SnapshotStore
 from bridge.spec import validate_fields
-from carla_client.backend import VehicleControl, WorldBackend
+from carla_client.backend import WorldBackend
 
 SCHEME = "inprocess://"
 
@@ -25,21 +27,30 @@ class InProcessClient:
 
     Args:
         backend: the world; this client owns it and closes it in ``close()``.
+        max_snapshots: snapshot tokens kept per session, as the server's ``max_snapshots``.
     """
 
-    def __init__(self, backend: WorldBackend) -> None:
+    def __init__(self, backend: WorldBackend,
+                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS) -> None:
         self.backend = backend
+        self.max_snapshots = int(max_snapshots)
+        self._snapshots = SnapshotStore(self.max_snapshots, "this in-process session")
         self.stats = RoundTripStats()  # the same statistics a BridgeClient keeps
         self._spec = backend.spec()
         self._session: str | None = None
+        self.info: ServerInfo | None = None
         self._closed = False
 
     def hello(self) -> ServerInfo:
         self.backend.stop()  # a new hello replaces any earlier session, as on the server
         self.backend.start()
         self._session = uuid.uuid4().hex
-        return ServerInfo("inprocess", self.backend.name, self.backend.version, self._spec,
-                             self._session, False)
+        self._snapshots.clear()  # tokens die with their session
+        can_snapshot = bool(self.backend.supports_snapshot)
+        self.info = ServerInfo("inprocess", self.backend.name, self.backend.version, self._spec,
+                               self._session, False, can_snapshot,
+                               self.max_snapshots if can_snapshot else 0)
+        return self.info
 
     def _tick(self, command: str, call, *args) -> StepReply:
         if self._session is None:
@@ -58,11 +69,29 @@ class InProcessClient:
         fields = validate_fields(self._spec.action, action, "action")
         return self._tick(protocol.STEP, self.backend.step, VehicleControl.from_fields(fields))
 
+    def snapshot(self) -> str:
+        """Raises: SnapshotUnsupportedError, SnapshotError (as BridgeClient.snapshot)."""
+        self._check_can_snapshot()
+        return self._snapshots.add(self.backend.snapshot())
+
+    def restore(self, token: str) -> StepReply:
+        """Raises: SnapshotUnsupportedError, SnapshotError (as BridgeClient.restore)."""
+        self._check_can_snapshot()
+        return self._tick(protocol.RESTORE, self.backend.restore, self._snapshots.get(token))
+
+    def _check_can_snapshot(self) -> None:
+        if self._session is None:
+            raise SessionError("no session: call hello() first")
+        if not self.backend.supports_snapshot:
+            raise SnapshotUnsupportedError(f"the {self.backend.name} world cannot save and restore "
+                                           "its full state, so it refuses to snapshot")
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._session = None
+        self._snapshots.clear()
         self.backend.close()
 
     def __enter__(self) -> "InProcessClient":

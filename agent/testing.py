@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from bridge.spec import FieldSpec, WorldSpec
-from carla_client.backend import (MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
-                                  WorldBackend)
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import FieldSpec, Tick, WorldSpec
+from carla_client.backend import WorldBackend
 
 
 class RingWorld(WorldBackend):

@@ -21,7 +21,8 @@ from bridge import protocol
 from bridge.codec import Encoder, decode, peek_seq
 from bridge.protocol import PROTOCOL_VERSION
 from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
-                           SessionError, VersionMismatchError, remote_error)
+                           SessionError, SnapshotUnsupportedError, VersionMismatchError,
+                           remote_error)
 from bridge.shm import ShmReader, shm_available
 from bridge.spec import Tick, WorldSpec
 from bridge.transport import (ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint,
@@ -38,7 +39,11 @@ class ProtocolVersionWarning(UserWarning):
 
 
 class ServerInfo(NamedTuple):
-    """What the ``hello`` reply told us about the sim side."""
+    """What the ``hello`` reply told us about the sim side.
+
+    ``can_snapshot`` and ``max_snapshots`` come from the reply's ``capabilities`` (protocol 1.1);
+    a 1.0 server announces none, so both read as "no snapshots".
+    """
 
     protocol: str
     sim_name: str
@@ -46,6 +51,8 @@ class ServerInfo(NamedTuple):
     spec: WorldSpec
     session: str
     shm: bool
+    can_snapshot: bool = False
+    max_snapshots: int = 0
 
 
 #: one tick as the sim side reported it (see bridge.spec.Tick for the validity of its arrays).
@@ -169,8 +176,11 @@ class BridgeClient(object):
             version = tuple(int(v) for v in reply["protocol"])
             spec = WorldSpec.from_wire(reply["spec"])
             sim = reply["sim"]
+            capabilities = reply.get("capabilities") or {}
             info = ServerInfo(protocol.version_string(version), str(sim["name"]),
-                              str(sim["version"]), spec, str(reply["session"]), False)
+                              str(sim["version"]), spec, str(reply["session"]), False,
+                              capabilities.get(protocol.CAPABILITY_SNAPSHOT) is True,
+                              int(capabilities.get("max_snapshots") or 0))
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError("malformed hello reply from {}: {}".format(self.endpoint, e)) from e
         self._check_version(version)
@@ -206,6 +216,36 @@ class BridgeClient(object):
             Plus everything ``reset`` raises.
         """
         return self._tick(self._request(protocol.STEP, {"action": action}, self.timeout))
+
+    def snapshot(self) -> str:
+        """Saves the world's full current state on the sim side and returns its opaque token.
+
+        The token is valid in this session only; the sim keeps the newest ``info.max_snapshots``
+        (taking one more drops the oldest).
+
+        Raises:
+            SnapshotUnsupportedError: the world cannot snapshot (hello said so; nothing is sent).
+            RemoteSnapshotError: nothing to save yet (no reset). Plus everything ``step`` raises.
+        """
+        self._check_can_snapshot()
+        reply = self._request(protocol.SNAPSHOT, {}, self.timeout)
+        token = reply.get("token")
+        if not isinstance(token, str):
+            raise ProtocolError("malformed snapshot reply from {}: no token".format(self.endpoint))
+        return token
+
+    def restore(self, token: str) -> StepReply:
+        """Puts the world back into the state saved under ``token`` and returns that moment's tick
+        (the same frame, time, observation and measurements as when the snapshot was taken). The
+        same actions then give byte-identical ticks. A token can be restored any number of times.
+
+        Raises:
+            SnapshotUnsupportedError: the world cannot snapshot (nothing is sent).
+            RemoteSnapshotError: unknown token (dropped as the oldest, or from another session).
+            Plus everything ``step`` raises.
+        """
+        self._check_can_snapshot()
+        return self._tick(self._request(protocol.RESTORE, {"token": str(token)}, self.timeout))
 
     def ping(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Asks the server for its status without touching any session."""
@@ -261,6 +301,16 @@ class BridgeClient(object):
                           "differ, newer features may be unavailable".format(
                               self.endpoint, protocol.version_string(version),
                               protocol.version_string(ours)), ProtocolVersionWarning)
+
+    def _check_can_snapshot(self) -> None:
+        if self.info is None or self._session is None:
+            raise SessionError("no session with {}: call hello() first".format(self.endpoint))
+        if not self.info.can_snapshot:
+            raise SnapshotUnsupportedError(
+                "the {} world at {} (protocol {}) cannot snapshot: its hello announced no snapshot "
+                "capability{}".format(self.info.sim_name, self.endpoint, self.info.protocol,
+                                      " (protocol 1.0 has no snapshots)"
+                                      if self.info.protocol == "1.0" else ""))
 
     def _attach_shm(self, offer: Dict[str, Any]) -> bool:
         try:

@@ -48,6 +48,15 @@ class SessionError(BridgeError):
     """The request needs a session that does not exist (no hello yet, or another trainer took over)."""
 
 
+class SnapshotError(BridgeError):
+    """A snapshot cannot be taken or restored: an unknown or dropped token, or nothing to save yet."""
+
+
+class SnapshotUnsupportedError(SnapshotError):
+    """The world cannot save its full state (CARLA 0.9 cannot), so it refuses instead of
+    approximating. Announced in advance by hello's ``capabilities``."""
+
+
 class RemoteError(BridgeError):
     """An error raised on the far side, carried back with its type name, message and traceback.
 
@@ -88,6 +97,14 @@ class RemoteVersionError(RemoteError, VersionMismatchError):
         return RemoteError.__reduce__(self)
 
 
+class RemoteSnapshotError(RemoteError, SnapshotError):
+    """The far side could not take or restore a snapshot (e.g. an unknown or dropped token)."""
+
+
+class RemoteSnapshotUnsupportedError(RemoteError, SnapshotUnsupportedError):
+    """The far side's world cannot snapshot."""
+
+
 #: wire error codes (docs/PROTOCOL.md) to the local class raised for them.
 REMOTE_ERROR_CLASSES = {
     "ProtocolError": RemoteProtocolError,
@@ -95,6 +112,8 @@ REMOTE_ERROR_CLASSES = {
     "SpecError": RemoteSpecError,
     "SessionError": RemoteSessionError,
     "VersionMismatchError": RemoteVersionError,
+    "SnapshotError": RemoteSnapshotError,
+    "SnapshotUnsupportedError": RemoteSnapshotUnsupportedError,
 }
 
 

@@ -2,10 +2,12 @@
 
 Revision history of PROTOCOL_VERSION (major.minor; a major mismatch is an error, a minor one a warning):
     1.0  first release: hello/reset/step/close/ping/heartbeat, out-of-band array frames, /dev/shm path.
+    1.1  snapshot/restore commands; hello's reply announces ``capabilities`` (an older peer ignores
+         the key and never sends the commands; a newer client refuses them locally without it).
 """
 from typing import Tuple
 
-PROTOCOL_VERSION = (1, 0)  # type: Tuple[int, int]
+PROTOCOL_VERSION = (1, 1)  # type: Tuple[int, int]
 
 DEFAULT_PORT = 5556
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:{}".format(DEFAULT_PORT)
@@ -17,9 +19,16 @@ STEP = "step"
 CLOSE = "close"
 PING = "ping"
 HEARTBEAT = "heartbeat"
-COMMANDS = (HELLO, RESET, STEP, CLOSE, PING, HEARTBEAT)
+SNAPSHOT = "snapshot"
+RESTORE = "restore"
+COMMANDS = (HELLO, RESET, STEP, CLOSE, PING, HEARTBEAT, SNAPSHOT, RESTORE)
 #: commands that need the session opened by hello.
-SESSION_COMMANDS = (RESET, STEP, CLOSE)
+SESSION_COMMANDS = (RESET, STEP, CLOSE, SNAPSHOT, RESTORE)
+
+#: the key of hello's ``capabilities`` map saying whether the world can snapshot and restore.
+CAPABILITY_SNAPSHOT = "snapshot"
+#: snapshot tokens a session keeps by default; taking one more drops the oldest.
+DEFAULT_MAX_SNAPSHOTS = 32
 
 #: largest message (all frames together) either side accepts, unless configured otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024

@@ -17,9 +17,10 @@ import zmq
 
 from bridge import protocol
 from bridge.codec import Encoder, decode, peek_seq
-from bridge.errors import (BridgeError, ProtocolError, SessionError, VersionMismatchError,
-                           wire_code)
+from bridge.errors import (BridgeError, ProtocolError, SessionError, SnapshotError,
+                           SnapshotUnsupportedError, VersionMismatchError, wire_code)
 from bridge.shm import ShmWriter, remove_stale_files, shm_available
+from bridge.snapshots import SnapshotStore
 from bridge.spec import WorldSpec, validate_fields
 from bridge.transport import check_bind_endpoint, make_socket, send_frames
 
@@ -30,7 +31,8 @@ class SessionHandler(object):
     """What a world offers the server. carla_client.serve adapts a WorldBackend to this."""
 
     def describe(self) -> Dict[str, Any]:
-        """``{"name": str, "version": str, "spec": WorldSpec}``; constant for the process."""
+        """``{"name": str, "version": str, "spec": WorldSpec}`` and optionally ``"snapshot": bool``
+        (default False); constant for the process."""
         raise NotImplementedError
 
     def open_session(self) -> None:
@@ -44,17 +46,35 @@ class SessionHandler(object):
         """``action`` is already validated against the spec; returns a tick map."""
         raise NotImplementedError
 
+    def snapshot(self) -> Any:
+        """The world's full current state, as an opaque object the server keeps under a token.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot snapshot (the default).
+        """
+        raise SnapshotUnsupportedError("this world cannot snapshot")
+
+    def restore(self, state: Any) -> Dict[str, Any]:
+        """Puts the world back into ``state`` (from ``snapshot``); returns that moment's tick map.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot snapshot (the default).
+        """
+        raise SnapshotUnsupportedError("this world cannot restore snapshots")
+
     def close_session(self) -> None:
         """The trainer is gone: restore the world's settings and destroy actors. Idempotent."""
 
 
 class _Session(object):
-    def __init__(self, peer: bytes, timeout: float, shm: Optional[ShmWriter]) -> None:
+    def __init__(self, peer: bytes, timeout: float, shm: Optional[ShmWriter],
+                 max_snapshots: int) -> None:
         self.id = secrets.token_hex(8)
         self.peer = peer
         self.timeout = timeout
         self.shm = shm
         self.last_seen = time.monotonic()
+        self.snapshots = SnapshotStore(max_snapshots, "session " + self.id)
 
 
 class BridgeServer(object):
@@ -68,18 +88,24 @@ class BridgeServer(object):
         idle_timeout: seconds of silence after which a session without heartbeats is ended.
         max_message_bytes: larger requests get a MessageTooLargeError reply.
         shm_limit: arrays of at least this many bytes go through shared memory when negotiated.
+        max_snapshots: snapshot tokens kept per session; taking one more drops the oldest.
     """
 
     def __init__(self, handler: SessionHandler, bind: str = protocol.DEFAULT_ENDPOINT,
                  allow_remote: bool = False, use_shm: bool = True, idle_timeout: float = 60.0,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 shm_limit: int = protocol.DEFAULT_SHM_LIMIT) -> None:
+                 shm_limit: int = protocol.DEFAULT_SHM_LIMIT,
+                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS) -> None:
         check_bind_endpoint(bind, allow_remote)
+        if max_snapshots < 1:
+            raise ValueError("max_snapshots must be at least 1, got {!r}".format(max_snapshots))
         self.handler = handler
         description = handler.describe()
         self.sim_name = str(description["name"])
         self.sim_version = str(description["version"])
         self.spec = description["spec"]  # type: WorldSpec
+        self.can_snapshot = bool(description.get("snapshot", False))
+        self.max_snapshots = int(max_snapshots)
         self.use_shm = use_shm and shm_available()
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
@@ -104,6 +130,7 @@ class BridgeServer(object):
         self._handlers = {
             protocol.HELLO: self._hello, protocol.RESET: self._reset, protocol.STEP: self._step,
             protocol.CLOSE: self._close, protocol.PING: self._ping,
+            protocol.SNAPSHOT: self._snapshot, protocol.RESTORE: self._restore,
         }  # type: Dict[str, Callable[[bytes, Dict[str, Any]], Dict[str, Any]]]
 
     # -- serving ---------------------------------------------------------------------------------
@@ -183,7 +210,7 @@ class BridgeServer(object):
         send_frames(self._socket, [peer] + envelope + frames)
 
     def _log_failure(self, error: Exception) -> None:
-        if isinstance(error, (ProtocolError, SessionError, VersionMismatchError)):
+        if isinstance(error, (ProtocolError, SessionError, VersionMismatchError, SnapshotError)):
             logger.warning("rejected request: %s", error)
         else:
             logger.exception("request failed")
@@ -216,6 +243,7 @@ class BridgeServer(object):
         session, self.session = self.session, None
         if session is None:
             return
+        session.snapshots.clear()  # tokens die with their session
         try:
             self.handler.close_session()
         finally:
@@ -252,7 +280,7 @@ class BridgeServer(object):
                 shm.close()
             self.handler.close_session()
             raise
-        self.session = _Session(peer, timeout, shm)
+        self.session = _Session(peer, timeout, shm, self.max_snapshots)
         self.sessions_served += 1
         logger.info("session %s opened by client %r (heartbeat timeout %.1f s, shm %s)",
                     self.session.id, body.get("client"), timeout, "on" if shm else "off")
@@ -263,6 +291,8 @@ class BridgeServer(object):
             "session": self.session.id,
             "shm": shm.describe() if shm is not None else None,
             "warnings": warnings,
+            "capabilities": {protocol.CAPABILITY_SNAPSHOT: self.can_snapshot,
+                             "max_snapshots": self.max_snapshots if self.can_snapshot else 0},
         }
 
     def _make_shm(self) -> Optional[ShmWriter]:
@@ -289,6 +319,21 @@ class BridgeServer(object):
     def _step(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
         action = validate_fields(self.spec.action, body.get("action"), "action")
         return self.handler.step(action)
+
+    def _snapshot(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
+        self._check_can_snapshot()
+        return {"token": self.session.snapshots.add(self.handler.snapshot())}
+
+    def _restore(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
+        self._check_can_snapshot()
+        return self.handler.restore(self.session.snapshots.get(body.get("token")))
+
+    def _check_can_snapshot(self) -> None:
+        if not self.can_snapshot:
+            raise SnapshotUnsupportedError(
+                "the {} world ({}) cannot save and restore its full state, so it refuses to "
+                "snapshot rather than approximate (hello announced capabilities.snapshot = false)"
+                .format(self.sim_name, self.sim_version))
 
     def _close(self, peer: bytes, body: Dict[str, Any]) -> Dict[str, Any]:
         self.end_session()

@@ -32,6 +32,7 @@ class ClientConfig(NamedTuple):
     circuits: int
     shm: bool
     idle_timeout: float
+    max_snapshots: int
     log_level: str
 
 
@@ -72,6 +73,8 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     arg("--idle-timeout", metavar="SECONDS", type=float, default=60.0,
         help="end a session after this much silence when the trainer sends no heartbeats "
              "(default: %(default)s)")
+    arg("--max-snapshots", metavar="N", type=int, default=protocol.DEFAULT_MAX_SNAPSHOTS,
+        help="snapshot tokens kept per session; one more drops the oldest (default: %(default)s)")
     arg("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="(default: %(default)s)")
     args = parser.parse_args(argv)
@@ -79,6 +82,8 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
         parser.error("--tick must be positive")
     if args.circuits < 1:
         parser.error("--circuits must be at least 1")
+    if args.max_snapshots < 1:
+        parser.error("--max-snapshots must be at least 1")
     return ClientConfig(**vars(args))
 
 
@@ -123,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with backend, BridgeServer(WorldSessionHandler(backend), bind=config.bind,
                                    allow_remote=config.allow_remote, use_shm=config.shm,
-                                   idle_timeout=config.idle_timeout) as server:
+                                   idle_timeout=config.idle_timeout,
+                                   max_snapshots=config.max_snapshots) as server:
             logger.info("serving the %s world (%s) on %s; protocol %s; waiting for a trainer",
                         backend.name, backend.version, server.endpoint, protocol.version_string())
             # One machine-readable line on stdout: supervisors learn the bound port (--bind ...:0).

@@ -4,36 +4,16 @@ The server (carla_client/serve.py) owns the protocol; a backend owns the world. 
 lives for the whole process; a *session* (one connected trainer) runs between ``start()`` and
 ``stop()``, and a process may see many sessions.
 """
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, Optional
 
-import numpy as np
+# The schema lives with the protocol (bridge/schema.py); it is re-exported here for code that imported
+# it from this module before it moved.
+from bridge.errors import SnapshotUnsupportedError
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec  # Tick: one tick, as both sides see it
 
-from bridge.spec import FieldSpec, Tick, WorldSpec  # Tick: one tick, as both sides see it
-
-#: the action every backend accepts, field by field (carla.VehicleControl's fields and ranges).
-VEHICLE_CONTROL_SPEC = (
-    FieldSpec("throttle", "float32", (), 0.0, 1.0, "accelerator pedal"),
-    FieldSpec("steer", "float32", (), -1.0, 1.0, "steering, -1 full left .. 1 full right"),
-    FieldSpec("brake", "float32", (), 0.0, 1.0, "brake pedal"),
-    FieldSpec("hand_brake", "bool", (), 0, 1, "hand brake engaged"),
-    FieldSpec("reverse", "bool", (), 0, 1, "reverse gear"),
-)
-
-
-class VehicleControl(NamedTuple):
-    """One tick's control, field for field like ``carla.VehicleControl``."""
-
-    throttle: float = 0.0
-    steer: float = 0.0
-    brake: float = 0.0
-    hand_brake: bool = False
-    reverse: bool = False
-
-    @classmethod
-    def from_fields(cls, fields: Dict[str, np.ndarray]) -> "VehicleControl":
-        """Builds a control from fields already validated against VEHICLE_CONTROL_SPEC."""
-        return cls(float(fields["throttle"]), float(fields["steer"]), float(fields["brake"]),
-                   bool(fields["hand_brake"]), bool(fields["reverse"]))
+__all__ = ["LEAD_RANGE", "MEASUREMENT_SPEC", "VEHICLE_CONTROL_SPEC", "Tick", "VehicleControl", "WorldBackend",
+           "WorldSpec"]
 
 
 class WorldBackend(object):
@@ -43,6 +23,8 @@ class WorldBackend(object):
     version = "0"
     #: True when the same seed and the same actions give byte-identical observations.
     deterministic = False
+    #: True when ``snapshot``/``restore`` save and restore the full state (announced in hello).
+    supports_snapshot = False
 
     def spec(self) -> WorldSpec:
         """The observation, measurement and action fields and the tick length (constant per process)."""
@@ -59,6 +41,29 @@ class WorldBackend(object):
         """Applies ``control``, advances the world by exactly one tick and returns that tick."""
         raise NotImplementedError
 
+    def snapshot(self) -> Any:
+        """The world's full state (vehicles, NPCs, clocks, random generators, sensors) as an opaque
+        object that ``restore`` accepts; later steps must not change it.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot save its full state (the default).
+            SnapshotError: nothing to save yet (e.g. before the first reset).
+        """
+        raise SnapshotUnsupportedError(
+            "the {} world cannot save and restore its full state; it refuses rather than "
+            "approximate".format(self.name))
+
+    def restore(self, state: Any) -> Tick:
+        """Puts the world back into ``state`` exactly and returns the tick of that moment (as it
+        was returned then); the same controls then give byte-identical ticks. ``state`` stays
+        valid for further restores.
+
+        Raises:
+            SnapshotUnsupportedError: this world cannot save its full state (the default).
+        """
+        raise SnapshotUnsupportedError(
+            "the {} world cannot save and restore its full state".format(self.name))
+
     def stop(self) -> None:
         """Ends the session: restore every setting changed, destroy every actor spawned.
 
@@ -74,32 +79,3 @@ class WorldBackend(object):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-#: how far ahead (metres) the lead-vehicle measurements look.
-LEAD_RANGE = 50.0
-
-#: the measurements every backend reports each tick (CARLA's conventions: metres, m/s, degrees for
-#: the yaw, x forward / y right / z up world axes).
-MEASUREMENT_SPEC = (
-    FieldSpec("location", "float64", (3,), None, None, "ego position x, y, z in metres"),
-    FieldSpec("yaw", "float64", (), -180.0, 180.0, "ego heading in degrees"),
-    FieldSpec("velocity", "float64", (3,), None, None, "ego velocity vector in m/s"),
-    FieldSpec("speed", "float64", (), 0.0, None, "ego speed in m/s"),
-    FieldSpec("acceleration", "float64", (3,), None, None, "ego acceleration vector in m/s^2"),
-    FieldSpec("lateral_offset", "float64", (), None, None,
-              "signed distance from the lane centre in metres, positive to the right"),
-    FieldSpec("heading_error", "float64", (), -3.1416, 3.1416,
-              "ego heading minus the lane direction in radians, wrapped to [-pi, pi]"),
-    FieldSpec("route_distance", "float64", (), None, None,
-              "distance travelled along the route since reset in metres (negative if backwards)"),
-    FieldSpec("route_completion", "float64", (), None, None,
-              "route_distance over the route length: 1.0 is one completed lap"),
-    FieldSpec("off_road", "bool", (), 0, 1, "ego centre is off the drivable road"),
-    FieldSpec("lead_distance", "float64", (), 0.0, None,
-              "bumper-to-bumper distance in metres along the ego's lane to the nearest vehicle ahead "
-              "in that lane; LEAD_RANGE when there is none within LEAD_RANGE"),
-    FieldSpec("lead_closing_speed", "float64", (), None, None,
-              "ego speed minus the lead vehicle's speed along the ego's direction in m/s (positive: "
-              "closing in); 0 when there is no lead vehicle within LEAD_RANGE"),
-)

@@ -13,11 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bridge.errors import BridgeError, SpecError
-from bridge.spec import WorldSpec
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec
 from carla_client import carla_api
 from carla_client import carla_lead
-from carla_client.backend import (LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick, VehicleControl,
-                                  WorldBackend)
+from carla_client.backend import WorldBackend
 from carla_client.carla_api import (CarlaConnectionError, CarlaSetupError, CarlaTimeoutError,
                                     CarlaUnavailableError, SensorTimeoutError)
 from carla_client.carla_sensors import (EventQueue, FrameQueue, configure_blueprint, to_event,
@@ -67,6 +67,9 @@ class CarlaWorld(WorldBackend):
 
     name = "carla"
     deterministic = False
+    #: CARLA 0.9 cannot save its physics, the Traffic Manager's state or in-flight sensor data, so
+    #: snapshots are refused (hello announces it) rather than approximated by re-placing actors.
+    supports_snapshot = False
 
     def __init__(self, host: str = "localhost", port: int = 2000,
                  sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,

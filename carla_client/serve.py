@@ -5,8 +5,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from bridge.schema import VehicleControl
 from bridge.server import SessionHandler
-from carla_client.backend import Tick, VehicleControl, WorldBackend
+from bridge.spec import Tick
+from carla_client.backend import WorldBackend
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ class WorldSessionHandler(SessionHandler):
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.backend.name, "version": self.backend.version,
-                "spec": self.backend.spec()}
+                "spec": self.backend.spec(), "snapshot": bool(self.backend.supports_snapshot)}
 
     def open_session(self) -> None:
         self.backend.start()
@@ -43,6 +45,12 @@ class WorldSessionHandler(SessionHandler):
                            self._last_frame, tick.frame)
         self._count_tick()
         return self._reply(tick)
+
+    def snapshot(self) -> Any:
+        return self.backend.snapshot()
+
+    def restore(self, state: Any) -> Dict[str, Any]:
+        return self._reply(self.backend.restore(state))  # the clock goes back: no "frame jumped"
 
     def close_session(self) -> None:
         self._last_frame = None

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from bridge.client import BridgeClient
-from bridge.errors import RemoteSessionError, RemoteSpecError, SessionError
-from carla_client.backend import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC
+from bridge import protocol
+from bridge.errors import (RemoteSessionError, RemoteSnapshotUnsupportedError, RemoteSpecError,
+                           SessionError, SnapshotUnsupportedError)
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC
 
 NEUTRAL = {"throttle": 0.0, "steer": 0.0, "brake": 0.0, "hand_brake": False, "reverse": False}
 
@@ -94,6 +96,30 @@ class WorldServerCompliance(object):
                      [dict(e, frame=e["frame"] - start) for e in r.events]) for r in replies]
 
         assert rollout() == rollout()
+
+    def test_snapshot_restores_exactly_or_is_refused_as_announced(self, client):
+        """A world that announces snapshots replays byte-identical ticks (frame, clock, observation,
+        measurements, events) after a restore; one that does not refuses with a typed error."""
+        client.reset(seed=11)
+        for i in range(15):
+            client.step(drive(i))
+        if not client.info.can_snapshot:
+            with pytest.raises(SnapshotUnsupportedError):
+                client.snapshot()
+            with pytest.raises(RemoteSnapshotUnsupportedError):
+                client._request(protocol.SNAPSHOT, {}, 20.0)  # the server refuses too
+            return
+
+        def fingerprint(r):
+            return (r.frame, r.sim_time, sorted((k, v.tobytes()) for k, v in r.observation.items()),
+                    sorted((k, np.asarray(v).tobytes()) for k, v in r.measurements.items()),
+                    r.events)
+
+        token = client.snapshot()
+        first = [fingerprint(client.step(drive(i))) for i in range(15, 60)]
+        client.reset(seed=12)  # a new episode in between changes nothing
+        client.restore(token)
+        assert [fingerprint(client.step(drive(i))) for i in range(15, 60)] == first
 
     def test_a_disconnected_trainer_is_replaced_by_a_new_one(self, endpoint, client):
         client.reset(seed=1)

@@ -1,6 +1,9 @@
 """CarlaBridgeEnv's logic on an in-process test world (no sim process): spaces, actions, reward, ends."""
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -12,7 +15,8 @@ from agent.env import CarlaBridgeEnv
 from agent.inprocess import InProcessClient
 from agent.reward import TERMS, RewardConfig, compute_reward
 from agent.testing import FlakyClient, RingWorld
-from bridge.errors import BridgeTimeoutError, PeerDisconnectedError
+from bridge.errors import BridgeTimeoutError, PeerDisconnectedError, SpecError
+from bridge.spec import FieldSpec
 
 
 def ring_env(camera=(48, 80), flaky=False, **kwargs):
@@ -98,6 +102,65 @@ def test_three_value_action_mode():
         e.reset(seed=0)
         _, _, _, _, info = e.step(np.array([0.25, 0.5, 0.125]))
         assert (info["steer"], info["throttle"], info["brake"]) == (0.25, 0.5, 0.125)
+
+
+class AnnouncingClient(InProcessClient):
+    """Announces ``action`` instead of the ring's control fields; records the controls sent."""
+
+    def __init__(self, action):
+        super().__init__(RingWorld())
+        self.action, self.sent = action, []
+
+    def hello(self):
+        info = super().hello()
+        return info._replace(spec=info.spec._replace(action=self.action))
+
+    def step(self, action):
+        self.sent.append(action)
+        ring = {"hand_brake": False, "reverse": False, "steer": action["steer"],
+                "throttle": action["throttle"], "brake": action["brake"]}
+        return super().step(ring)
+
+
+NARROW = (FieldSpec("steer", "float32", (), -0.5, 0.5), FieldSpec("throttle", "float32", (), 0.0, 0.8),
+          FieldSpec("brake", "float32", (), 0.0, 1.0), FieldSpec("gear", "int32", (), 1, 5))
+
+
+@pytest.mark.parametrize("mode, low, high", [("2d", [-0.5, -1.0], [0.5, 0.8]),
+                                             ("3d", [-0.5, 0.0, 0.0], [0.5, 0.8, 1.0])])
+def test_action_space_is_built_from_the_announced_spec(mode, low, high):
+    client = AnnouncingClient(NARROW)
+    with CarlaBridgeEnv("inprocess://ring", client_factory=lambda: client, action_mode=mode) as e:
+        assert e.action_space.low.tolist() == low and e.action_space.high.tolist() == pytest.approx(high)
+        e.reset(seed=0)
+        e.step(np.ones(len(low)))  # beyond the announced steer and throttle: clipped to them
+    # every announced field, in the announced order; no field the sim did not announce
+    assert list(client.sent[0]) == ["steer", "throttle", "brake", "gear"]
+    assert client.sent[0]["steer"] == 0.5 and client.sent[0]["throttle"] == pytest.approx(0.8)
+    assert client.sent[0]["gear"] == 1  # neutral 0 moved into the announced bounds
+
+
+@pytest.mark.parametrize("action, match", [
+    (NARROW[1:], "'steer'"),
+    ((FieldSpec("steer", "float32", (), None, None),) + NARROW[1:], "bounded scalar 'steer'"),
+    (NARROW + (FieldSpec("lights", "bool", (4,), 0, 1),), "'lights' has shape"),
+])
+def test_an_action_spec_the_env_cannot_drive_is_a_spec_error(action, match):
+    client = AnnouncingClient(action)
+    with pytest.raises(SpecError, match=match):
+        CarlaBridgeEnv("inprocess://ring", client_factory=lambda: client)
+    assert client.backend.stopped  # the connection was closed, not leaked
+
+
+def test_importing_the_trainer_never_imports_the_sim_package():
+    """The schema lives in bridge/: the env, the vec envs and the trainer load no carla_client module."""
+    probe = ("import sys, agent, agent.env, agent.vec, agent.train\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'carla_client'"
+             " or m == 'agent.inprocess'))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_reward_terms_in_info_sum_to_reward(env):

@@ -21,7 +21,7 @@ from bridge.client import BridgeClient
 from bridge.errors import BridgeError, BridgeTimeoutError, SpecError
 from bridge.server import BridgeServer
 from carla_client import carla_api
-from carla_client.backend import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from carla_client.carla_backend import (DEFAULT_ROUTE_LENGTH, CarlaConnectionError, CarlaSetupError,
                                         CarlaTimeoutError, CarlaUnavailableError, CarlaWorld,
                                         SensorTimeoutError, lane_axes, wrap_degrees)

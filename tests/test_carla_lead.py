@@ -6,7 +6,7 @@ minus 4.6 m.
 """
 import pytest
 
-from carla_client.backend import LEAD_RANGE, VehicleControl
+from bridge.schema import LEAD_RANGE, VehicleControl
 from carla_client.carla_lead import lane_ahead, lead_vehicle
 from tests import fake_carla
 from tests.test_carla_backend import carla, make_world, server  # noqa: F401 (fixtures)

@@ -6,7 +6,7 @@ serves as a test oracle (a lap must be drivable), a benchmark load and an expert
 import math
 from typing import Any, Mapping
 
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 from carla_client.builtin.road import Track
 from carla_client.builtin.route import RouteTracker
 from carla_client.builtin.vehicle import VehicleParams

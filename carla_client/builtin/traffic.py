@@ -5,7 +5,7 @@ length ``sigma`` along that lane's driving order. Every tick it drives at its cr
 the next vehicle ahead in its lane, NPC or ego, is closer than a safe gap; then it slows (down to a
 stop) so that it never runs into anyone. Collisions only happen when the ego drives into an NPC.
 """
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -91,6 +91,18 @@ class Traffic(object):
         safe = np.clip((lead - MIN_GAP) / HEADWAY, 0.0, self.cruise)
         self.speed = np.minimum(safe, self.speed + NPC_ACCEL * dt)
         self.sigma = np.mod(self.sigma + self.speed * dt, self.lengths)
+        self._update_poses()
+
+    def get_state(self) -> Dict[str, Any]:
+        """Copies of everything that changes while NPCs drive (for world snapshots)."""
+        return {"sigma": self.sigma.copy(), "previous": self.previous.copy(),
+                "speed": self.speed.copy(), "cruise": self.cruise.copy(),
+                "colour": self.colour.copy()}
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        """Puts back a ``get_state`` result (copied, so the saved one stays unchanged)."""
+        for key in ("sigma", "previous", "speed", "cruise", "colour"):
+            setattr(self, key, np.array(state[key], copy=True))
         self._update_poses()
 
     def hold(self, i: int) -> None:

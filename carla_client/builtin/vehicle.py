@@ -6,7 +6,7 @@ Conventions are CARLA's: positive steer turns right (yaw increases), yaw in radi
 import math
 from typing import NamedTuple, Tuple
 
-from carla_client.backend import VehicleControl
+from bridge.schema import VehicleControl
 
 
 class VehicleParams(NamedTuple):

@@ -5,17 +5,19 @@ the seeds ``seed .. seed + K - 1``, drawn at each reset from the reset's seed (o
 ``world_seed`` reset option). The seed given to ``reset`` drives episode randomness (circuit, random
 start, NPC placement and speeds). The clock runs on like CARLA's in synchronous
 mode: every tick, resets included (as the CARLA backend ticks once to settle a reset), adds one frame
-and ``tick_seconds``, so frame ids never repeat within a process.
+and ``tick_seconds``, so frame ids never repeat within a process, except after ``restore``, which
+puts the clock back with everything else (``snapshot``/``restore`` save and restore the full state).
 """
+import copy
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bridge.errors import ProtocolError, SpecError
-from bridge.spec import WorldSpec
-from carla_client.backend import (LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, Tick,
-                                  VehicleControl, WorldBackend)
+from bridge.errors import ProtocolError, SnapshotError, SpecError
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.spec import Tick, WorldSpec
+from carla_client.backend import WorldBackend
 from carla_client.builtin.render import Camera
 from carla_client.builtin.road import TrackParams, cached_track, wrap_angle
 from carla_client.builtin.route import Projection, RouteTracker
@@ -64,6 +66,7 @@ class BuiltinWorld(WorldBackend):
     name = "builtin"
     version = "1.0"
     deterministic = True
+    supports_snapshot = True
 
     def __init__(self, sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
                  seed: int = 0, npc_vehicles: int = 0, vehicle: VehicleParams = VehicleParams(),
@@ -100,6 +103,8 @@ class BuiltinWorld(WorldBackend):
         self._body = body_points(vehicle)
         self._wheels = wheel_points(vehicle)
         self._state = None  # type: Optional[VehicleState]
+        self._previous = None  # type: Optional[VehicleState]  # the state before the last tick
+        self._events = []  # type: List[Dict[str, Any]]  # the last tick's events
         self._frame = 0
         self._route_distance = 0.0
         self._wheel_offsets = ()  # type: Tuple[float, ...]
@@ -171,6 +176,7 @@ class BuiltinWorld(WorldBackend):
         self._frame += 1
         self._route_distance = 0.0
         self._wheel_offsets = self._offsets(self._state, projection, self._wheels)
+        self._previous, self._events = self._state, []
         return self._tick(self._state, self._state, projection, [])
 
     def step(self, control: VehicleControl) -> Tick:
@@ -209,7 +215,39 @@ class BuiltinWorld(WorldBackend):
             events.append({"type": "lane_invasion", "frame": frame, "markings": crossed})
         self._frame = frame
         self._state = state
+        self._previous, self._events = previous, events
         return self._tick(previous, state, projection, events)
+
+    def snapshot(self) -> "_Snapshot":
+        """Everything a later tick depends on: ego, NPCs, route tracker, clock, random generator and
+        the last tick's inputs (cameras are stateless and re-render from them).
+
+        Raises:
+            SnapshotError: before the first reset of the session.
+        """
+        if self._state is None:
+            raise SnapshotError("the built-in world has nothing to snapshot before its first reset")
+        return copy.deepcopy(_Snapshot(
+            self._state, self._previous, self._events, self._frame, self._route_distance,
+            self._wheel_offsets, self._tracker.last, self._rng.get_state(),
+            self.traffic.get_state(), self.seed))
+
+    def restore(self, state: "_Snapshot") -> Tick:
+        """Restores a ``snapshot`` (which stays valid) and returns the tick of that moment.
+
+        Raises:
+            SnapshotError: ``state`` is not a snapshot of a built-in world.
+        """
+        if not isinstance(state, _Snapshot):
+            raise SnapshotError("not a snapshot of the built-in world: {!r}".format(type(state)))
+        saved = copy.deepcopy(state)  # later steps must not change the stored snapshot
+        self._use_circuit(saved.world_seed)
+        self._state, self._previous, self._events = saved.ego, saved.previous, saved.events
+        self._frame, self._route_distance = saved.frame, saved.route_distance
+        self._wheel_offsets, self._tracker.last = saved.wheel_offsets, saved.projection
+        self._rng.set_state(saved.rng)
+        self.traffic.set_state(saved.traffic)
+        return self._tick(self._previous, self._state, self._tracker.last, list(self._events))
 
     # -- physics helpers -------------------------------------------------------------------------
 
@@ -306,6 +344,21 @@ class BuiltinWorld(WorldBackend):
             for camera in self._cameras:
                 observation[camera.name] = camera.render(pose, vehicles)
         return Tick(self._frame, self._frame * dt, observation, measurements, events)
+
+
+class _Snapshot(NamedTuple):
+    """A saved BuiltinWorld state (opaque to everyone else)."""
+
+    ego: VehicleState
+    previous: VehicleState
+    events: List[Dict[str, Any]]
+    frame: int
+    route_distance: float
+    wheel_offsets: Tuple[float, ...]
+    projection: Projection
+    rng: Tuple[Any, ...]
+    traffic: Dict[str, Any]
+    world_seed: int  # the circuit driven (a world may serve several)
 
 
 def wrap_angle_distance(delta: float, length: float) -> float:

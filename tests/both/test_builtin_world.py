@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import ProtocolError, SpecError
+from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import validate_fields
-from carla_client.backend import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from carla_client.builtin import BuiltinWorld, PurePursuit, TrackParams, VehicleParams
 from carla_client.builtin.road import Track
 from carla_client.builtin.texture import TAG_CAR, TAG_ROAD, TAG_ROAD_LINE, TAG_SKY, TAG_TERRAIN
