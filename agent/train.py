@@ -102,8 +102,11 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
     status = StatusFileCallback(status_path(run_dir), int(config["total_timesteps"]), str(device))
     status.write("starting")
     n_envs = len(config["endpoints"])
+    kwargs = env_kwargs(config)
+    if config.get("view"):
+        kwargs["render_mode"] = "rgb_array"  # the live view draws env 0's camera frames
     venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
-                        **env_kwargs(config))
+                        **kwargs)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     if hasattr(signal, "SIGBREAK"):  # Windows: the launcher stops children with Ctrl-Break
         signal.signal(signal.SIGBREAK, _raise_interrupt)
@@ -120,10 +123,16 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             log.info("already trained %d >= total_timesteps steps", model.num_timesteps)
         else:
             every = max(int(config.get("checkpoint_every", 10000)) // n_envs, 1)
-            callbacks = CallbackList([
+            callbacks = [
                 CheckpointCallback(every, str(run_dir / "checkpoints"), CHECKPOINT_PREFIX),
                 DrivingMetricsCallback(), BridgeStatsCallback(),
-                ProgressLogCallback(log, int(config["total_timesteps"])), status])
+                ProgressLogCallback(log, int(config["total_timesteps"])), status]
+            if config.get("view"):
+                from agent.view import WINDOW_TITLE, LiveView, LiveViewCallback
+
+                tick = float(venv.get_attr("tick_seconds", indices=[0])[0])
+                callbacks.append(LiveViewCallback(LiveView(f"{WINDOW_TITLE}: {run_dir.name}", tick)))
+            callbacks = CallbackList(callbacks)
             started = time.monotonic()
             model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
                         progress_bar=bool(config.get("progress_bar", True)))

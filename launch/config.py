@@ -49,6 +49,8 @@ class ClientsSection:
     base_port: int
     sensors: str | None
     seed: int
+    npc_vehicles: int
+    circuits: int
     extra_args: tuple[str, ...]
     ready_timeout: float
     stop_timeout: float
@@ -99,6 +101,7 @@ class LaunchConfig:
     trainer: TrainerSection
     tensorboard: TensorBoardSection
     console: str = "auto"
+    view: bool = False
 
     @property
     def world_kind(self) -> str:
@@ -202,6 +205,7 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
         console=_coerce(raw.get("console", "auto"), "str", "console"),
+        view=_coerce(raw.get("view", False), "bool", "view"),
     )
     if config.console not in CONSOLE_MODES:
         raise ValueError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
@@ -209,6 +213,8 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         raise ValueError(f"world must be auto, builtin or carla, not {config.world!r}")
     if config.clients.count < 1:
         raise ValueError("clients.count must be at least 1")
+    if config.clients.npc_vehicles < 0 or config.clients.circuits < 1:
+        raise ValueError("clients.npc_vehicles must be >= 0 and clients.circuits >= 1")
     for name, port in (("clients.base_port", config.clients.base_port),
                        ("carla.port", config.carla.port), ("tensorboard.port", config.tensorboard.port)):
         if not 1 <= port <= 65535:
