@@ -109,6 +109,32 @@ class ProgressLogCallback(BaseCallback):
         self._completions.clear()
 
 
+class TimeLimitCallback(BaseCallback):
+    """Ends training after ``minutes`` of wall time, as if its step budget were spent.
+
+    ``learn()`` then returns normally and the trainer saves ``model.zip``: a run of the default
+    config never trains longer than its time limit, however busy the machine.
+    """
+
+    def __init__(self, minutes: float, log: logging.Logger) -> None:
+        super().__init__()
+        self.seconds = 60.0 * float(minutes)
+        self._log = log
+        self._deadline = math.inf
+        self.reached = False
+
+    def _on_training_start(self) -> None:
+        self._deadline = time.monotonic() + self.seconds
+
+    def _on_step(self) -> bool:
+        if time.monotonic() < self._deadline:
+            return True
+        self.reached = True
+        self._log.info("time limit of %g min reached at step %d: training ends here",
+                       self.seconds / 60.0, self.num_timesteps)
+        return False
+
+
 class StatusFileCallback(BaseCallback):
     """Keeps ``runs/<run>/status.json`` (agent.status) up to date for the launcher's console.
 

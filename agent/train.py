@@ -23,7 +23,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import get_device
 
 from agent.callbacks import (BridgeStatsCallback, DrivingMetricsCallback, ProgressLogCallback,
-                             StatusFileCallback)
+                             StatusFileCallback, TimeLimitCallback)
 from agent.config import load_config, save_config
 from agent.policy import DrivingExtractor
 from agent.status import status_path
@@ -127,16 +127,19 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
                 CheckpointCallback(every, str(run_dir / "checkpoints"), CHECKPOINT_PREFIX),
                 DrivingMetricsCallback(), BridgeStatsCallback(),
                 ProgressLogCallback(log, int(config["total_timesteps"])), status]
+            if config.get("time_limit_minutes"):
+                callbacks.append(TimeLimitCallback(float(config["time_limit_minutes"]), log))
             if config.get("view"):
                 from agent.view import WINDOW_TITLE, LiveView, LiveViewCallback
 
                 tick = float(venv.get_attr("tick_seconds", indices=[0])[0])
                 callbacks.append(LiveViewCallback(LiveView(f"{WINDOW_TITLE}: {run_dir.name}", tick)))
             callbacks = CallbackList(callbacks)
-            started = time.monotonic()
+            started, steps_before = time.monotonic(), model.num_timesteps
             model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
                         progress_bar=bool(config.get("progress_bar", True)))
-            log.info("trained %d steps in %.0f s", remaining, time.monotonic() - started)
+            log.info("trained %d steps in %.0f s", model.num_timesteps - steps_before,
+                     time.monotonic() - started)
         model.save(run_dir / "model.zip")
         log.info("saved %s", run_dir / "model.zip")
         status.write("finished")

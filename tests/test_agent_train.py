@@ -84,6 +84,17 @@ def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
     assert "lap" in result.stdout and video.stat().st_size > 1000
 
 
+def test_time_limit_ends_training_and_saves_the_model(endpoint, tmp_path):
+    runs = tmp_path / "runs"
+    result = run(agent_command("agent.train", "--run-name", "timed", "total_timesteps=1000000",
+                               "time_limit_minutes=0.02", f"endpoints={endpoint}", f"runs_dir={runs}",
+                               *TINY))
+    assert "time limit of 0.02 min reached at step" in result.stderr
+    assert (runs / "timed" / "model.zip").is_file()
+    status = read_status(runs / "timed" / "status.json")
+    assert status["phase"] == "finished" and 0 < status["num_timesteps"] < 1000000
+
+
 def test_sigterm_saves_a_checkpoint(endpoint, tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
