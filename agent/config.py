@@ -1,77 +1,48 @@
 """Training configuration: a YAML file plus ``key.sub=value`` overrides from the command line."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from bridge.errors import ConfigError
+from launch.overrides import apply_overrides as apply_key_values
+
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "ppo.yaml"
 
 #: keys whose value is a list; on the command line they may be given comma-separated.
 LIST_KEYS = {"endpoints", "env.camera_size", "policy.net_arch"}
+#: sections whose keys are passed on as keyword arguments: overrides may add keys there.
+OPEN_SECTIONS = ("env", "reward", "policy", "ppo")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Reads a YAML config (the default one if ``path`` is None) and applies ``overrides``.
 
     Raises:
-        ValueError: the file is not a mapping, or an override is malformed or names an unknown key.
+        ConfigError (a ValueError): the file is not a mapping, or an override is malformed;
+            UnknownKeyError when it names an unknown key.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     with open(path) as f:
         config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping")
+        raise ConfigError(f"{path}: a config must be a YAML mapping")
     return apply_overrides(config, overrides)
 
 
-def _scalar(text: str) -> Any:
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" (no dot) as a string; a learning rate is meant
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def parse_value(key: str, text: str) -> Any:
-    """YAML-parses an override's value; list keys accept ``a,b,c``."""
-    if key in LIST_KEYS and not text.lstrip().startswith("["):
-        return [_scalar(part) for part in text.split(",") if part.strip()]
-    return _scalar(text)
-
-
-def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Returns a copy of ``config`` with each ``a.b.c=value`` applied.
+def apply_overrides(config: dict[str, Any], items: Iterable[str]) -> dict[str, Any]:
+    """Returns a copy of ``config`` with each ``a.b.c=value`` applied (launch.overrides' syntax).
 
     Only existing keys may be overridden, except inside the open sections (``reward``, ``ppo``,
     ``env``, ``policy``), so a typo fails loudly instead of being silently ignored.
 
     Raises:
-        ValueError: malformed override, or an unknown top-level key.
+        UnknownKeyError: a key that does not exist outside the open sections (a ConfigError).
+        ConfigError: a malformed override (a ValueError).
     """
-    config = copy.deepcopy(config)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
-        parts = key.split(".")
-        node = config
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
-            node = child
-        if len(parts) == 1 and parts[0] not in config:
-            raise ValueError(f"override {item!r}: unknown key {parts[0]!r}; known: {sorted(config)}")
-        node[parts[-1]] = parse_value(key, text)
-    return config
+    return apply_key_values(config, items, open_sections=OPEN_SECTIONS, list_keys=LIST_KEYS)
 
 
 def save_config(config: dict[str, Any], path: str | Path) -> None:

@@ -1,64 +1,26 @@
-"""Starts and stops a ``python -m carla_client`` sim process (benchmark, tests, experiments)."""
+"""Starts and stops a ``python -m carla_client`` sim process (benchmark, tests, experiments).
+
+A thin use of the launcher's machinery: launch.interpreters finds the sim's interpreter,
+launch.procs.ManagedProcess runs it in its own session and wait_bridge waits for its handshake.
+"""
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from launch.interpreters import REPO_ROOT, find_sim_python
+from launch.procs import ManagedProcess, NotReady, child_env, free_tcp_endpoint, wait_bridge
+
+__all__ = ["SimProcess", "default_sim_python", "free_tcp_endpoint"]
 
 
 def default_sim_python() -> str:
-    """$CZB_SIM_PYTHON, else the sim venv named in .venvs/envs.json (scripts/setup_envs.py), else
-    .venvs/sim-3.6, else this interpreter (the sim side's code also runs under 3.11)."""
-    configured = os.environ.get("CZB_SIM_PYTHON")
-    if configured:
-        return configured
-    try:
-        recorded = json.loads((REPO / ".venvs" / "envs.json").read_text()).get("sim_python")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if recorded and os.access(recorded, os.X_OK):
-        return recorded
-    venv = REPO / ".venvs" / "sim-3.6" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
-def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    """A loopback endpoint on a port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return f"tcp://{host}:{s.getsockname()[1]}"
-
-
-def wait_for_sim(endpoint: str, alive: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Waits until the server at ``endpoint`` answers a ping (readiness through the protocol).
-
-    Raises:
-        RuntimeError: ``alive()`` turned false (the process died) or ``timeout`` passed.
-    """
-    from bridge.client import BridgeClient
-    from bridge.errors import BridgeError
-
-    deadline = time.monotonic() + timeout
-    with BridgeClient(endpoint, timeout=1.0, heartbeat_seconds=0) as client:
-        while True:
-            if not alive():
-                raise RuntimeError(f"the sim for {endpoint} exited before answering")
-            try:
-                client.ping(timeout=0.5)
-                return
-            except BridgeError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the sim at {endpoint} did not answer within {timeout} s") \
-                        from None
+    """The sim side's interpreter (launch.interpreters' order), else this one (the sim code runs here too)."""
+    return find_sim_python()[0] or sys.executable
 
 
 class SimProcess:
@@ -87,53 +49,31 @@ class SimProcess:
             fd, log_path = tempfile.mkstemp(prefix="carla_client-", suffix=".log")
             os.close(fd)
         self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
+        self.child = ManagedProcess("carla_client", self.command, self.log_path, env=child_env(),
+                                    cwd=REPO_ROOT)
 
     def start(self, ready_timeout: float = 30.0) -> "SimProcess":
         """Starts the process and waits until it answers a ping.
 
         Raises:
-            RuntimeError: the process exited, or did not answer within ``ready_timeout``.
+            NotReady (a RuntimeError): the process exited, or did not answer within ``ready_timeout``.
         """
-        # PYTHONPATH replaced, not extended: ours may point at another Python version's packages
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        env.pop("PYTHONHOME", None)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, cwd=str(REPO), env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
-        self.wait_ready(ready_timeout)
+        self.child.start()
+        try:
+            wait_bridge(self.endpoint, time.monotonic() + ready_timeout, self.child)
+        except NotReady as e:
+            self.stop()
+            if f"last lines of {self.log_path}" in str(e):  # it died: the message has its log
+                raise
+            raise NotReady(f"{e}; last lines of {self.log_path}:\n{self.log_tail()}") from None
         return self
 
-    def wait_ready(self, timeout: float) -> None:
-        try:
-            wait_for_sim(self.endpoint, lambda: self.process is None or self.process.poll() is None,
-                         timeout)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}; its log ends:\n{self.log_tail()}") from None
-
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return self.child.log_tail(lines)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait, then SIGKILL the process group. Returns the exit code. Idempotent."""
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout)
-        return process.returncode
+        return self.child.stop(timeout=timeout)
 
     def __enter__(self) -> "SimProcess":
         return self.start()

@@ -48,6 +48,14 @@ class SessionError(BridgeError):
     """The request needs a session that does not exist (no hello yet, or another trainer took over)."""
 
 
+class ConfigError(ValueError, BridgeError):
+    """A configuration file, option or ``key=value`` override is malformed or has a wrong value."""
+
+
+class UnknownKeyError(ConfigError):
+    """A configuration file or override names a key that does not exist (a typo, usually)."""
+
+
 class SnapshotError(BridgeError):
     """A snapshot cannot be taken or restored: an unknown or dropped token, or nothing to save yet."""
 

@@ -1,30 +1,17 @@
 """The command lines the launcher runs: what a user would type in a terminal of their own (docs/launch.md)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 from launch.config import REPO_ROOT, LaunchConfig, find_input
+from launch.procs import child_env  # noqa: F401  (the launcher's callers build children's env here)
 
 #: the sensors of clients.sensors=auto without the live view: collision and lane invasion, no camera.
 EVENT_SENSORS = Path(__file__).resolve().parent / "configs" / "sensors_events.json"
 
 #: agent config keys the launcher sets itself (from its own config) on the trainer's command line.
 LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every child: the repository importable, unbuffered output for the logs.
-
-    PYTHONPATH is replaced, not extended: the launcher's may point at another Python version's packages.
-    """
-    env = dict(os.environ)
-    env.pop("PYTHONHOME", None)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 
 def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:

@@ -4,16 +4,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from bridge.errors import ConfigError, UnknownKeyError
+from launch.interpreters import find_sim_python, find_trainer_python
+from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
-ENVS_JSON = REPO_ROOT / ".venvs" / "envs.json"
 #: console: auto = the live panel in a terminal, plain progress lines otherwise.
 CONSOLE_MODES = ("auto", "live", "plain", "off")
 
@@ -115,8 +116,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Reads the defaults, merges ``path`` over them and applies ``overrides``.
 
     Raises:
-        ValueError: a file that is not a mapping, an unknown key, a malformed override or a value of
-            the wrong type.
+        ConfigError (a ValueError): a file that is not a mapping, a malformed override or a value of
+            the wrong type; UnknownKeyError for an unknown key.
     """
     raw = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
@@ -129,7 +130,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a launcher config must be a YAML mapping")
+        raise ConfigError(f"{path}: a launcher config must be a YAML mapping")
     return data
 
 
@@ -138,62 +139,33 @@ def merge(base: dict[str, Any], update: dict[str, Any], where: str) -> dict[str,
     result = copy.deepcopy(base)
     for key, value in update.items():
         if key not in result:
-            raise ValueError(f"{where}: unknown key {key!r}; known: {sorted(result)}")
+            raise UnknownKeyError(f"{where}: unknown key {key!r}; known: {sorted(result)}")
         if isinstance(result[key], dict):
             if not isinstance(value, dict):
-                raise ValueError(f"{where}: {key!r} must be a mapping")
+                raise ConfigError(f"{where}: {key!r} must be a mapping")
             result[key] = merge(result[key], value, f"{where}: {key}")
         else:
             result[key] = value
     return result
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Applies ``section.key=value`` items (values parsed as YAML) to a copy of ``raw``.
-
-    Raises:
-        ValueError: malformed item or unknown key (a typo must not pass silently).
-    """
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
-        parts = key.strip().split(".")
-        node = raw
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                known = sorted(node) if isinstance(node, dict) else []
-                raise ValueError(f"override {item!r}: unknown key {'.'.join(parts[:depth + 1])!r}; "
-                                 f"known here: {known}")
-            if depth < len(parts) - 1:
-                node = node[part]
-        if isinstance(node[parts[-1]], dict):
-            raise ValueError(f"override {item!r}: {key!r} is a section; set one of its keys")
-        value = yaml.safe_load(text) if text.strip() else None
-        if isinstance(node[parts[-1]], list) and isinstance(value, str):
-            value = [part for part in value.split(",") if part]  # a,b,c for list keys
-        node[parts[-1]] = value
-    return raw
-
-
 def from_dict(raw: dict[str, Any]) -> LaunchConfig:
     """Builds the typed config, checking every value's type and range.
 
     Raises:
-        ValueError: wrong type, an out-of-range value or an unknown world.
+        ConfigError (a ValueError): wrong type, an out-of-range value or an unknown world.
     """
     def section(cls: type, data: dict[str, Any], where: str) -> Any:
         values = {}
         for field in dataclasses.fields(cls):
             if field.name not in data:
-                raise ValueError(f"{where}.{field.name} is missing")
+                raise ConfigError(f"{where}.{field.name} is missing")
             values[field.name] = _coerce(data[field.name], field.type, f"{where}.{field.name}")
         return cls(**values)
 
     extra = set(raw) - {f.name for f in dataclasses.fields(LaunchConfig)}
     if extra:
-        raise ValueError(f"unknown keys {sorted(extra)}")
+        raise UnknownKeyError(f"unknown keys {sorted(extra)}")
     config = LaunchConfig(
         run_name=_coerce(raw.get("run_name"), "str | None", "run_name"),
         runs_dir=_coerce(raw.get("runs_dir"), "str", "runs_dir"),
@@ -208,24 +180,24 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         view=_coerce(raw.get("view", False), "bool", "view"),
     )
     if config.console not in CONSOLE_MODES:
-        raise ValueError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
+        raise ConfigError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
     if config.world not in ("auto", "builtin", "carla"):
-        raise ValueError(f"world must be auto, builtin or carla, not {config.world!r}")
+        raise ConfigError(f"world must be auto, builtin or carla, not {config.world!r}")
     if config.clients.count < 1:
-        raise ValueError("clients.count must be at least 1")
+        raise ConfigError("clients.count must be at least 1")
     if config.clients.npc_vehicles < 0 or config.clients.circuits < 1:
-        raise ValueError("clients.npc_vehicles must be >= 0 and clients.circuits >= 1")
+        raise ConfigError("clients.npc_vehicles must be >= 0 and clients.circuits >= 1")
     for name, port in (("clients.base_port", config.clients.base_port),
                        ("carla.port", config.carla.port), ("tensorboard.port", config.tensorboard.port)):
         if not 1 <= port <= 65535:
-            raise ValueError(f"{name} must be a TCP port (1-65535), not {port}")
+            raise ConfigError(f"{name} must be a TCP port (1-65535), not {port}")
     if config.clients.base_port + config.clients.count - 1 > 65535:
-        raise ValueError("clients.base_port + clients.count exceeds 65535")
+        raise ConfigError("clients.base_port + clients.count exceeds 65535")
     if config.carla.port_stride < 1 or config.carla.rpc_port(config.clients.count - 1) + 2 > 65535:
-        raise ValueError("carla.port_stride must be positive and the CARLA ports below 65536")
+        raise ConfigError("carla.port_stride must be positive and the CARLA ports below 65536")
     if config.run_name is not None and (not config.run_name or "/" in config.run_name
                                         or config.run_name in (".", "..")):
-        raise ValueError(f"run_name must be a plain directory name, not {config.run_name!r}")
+        raise ConfigError(f"run_name must be a plain directory name, not {config.run_name!r}")
     return config
 
 
@@ -235,7 +207,7 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     if value is None:
         if "None" in type_name:
             return None
-        raise ValueError(f"{where} must not be empty")
+        raise ConfigError(f"{where} must not be empty")
     base = type_name.replace(" | None", "")
     if base == "bool":
         if isinstance(value, bool):
@@ -254,7 +226,7 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
             return tuple(str(v) for v in value)
     else:
         raise AssertionError(f"unhandled annotation {type_name}")  # internal invariant
-    raise ValueError(f"{where} must be {base}, not {value!r}")
+    raise ConfigError(f"{where} must be {base}, not {value!r}")
 
 
 # -------------------------------------------------------------------------------- resolving
@@ -268,40 +240,15 @@ def find_input(path: str) -> Path:
     return in_repo if in_repo.exists() else candidate.resolve()
 
 
-def read_envs() -> dict[str, Any]:
-    """``.venvs/envs.json`` (or ``$CZB_ENVS_JSON``), written by scripts/setup_envs.py; {} if absent."""
-    path = os.environ.get("CZB_ENVS_JSON") or str(ENVS_JSON)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def resolve_interpreters(config: LaunchConfig, launcher_python: str) -> tuple[str | None, str, str, str]:
-    """Chooses the sim-side and trainer-side interpreters.
+    """Chooses the sim-side and trainer-side interpreters (launch.interpreters' order).
 
     Returns:
         (sim python or None, where it came from, trainer python, where it came from).
     """
-    envs = read_envs()
-    envs_path = os.environ.get("CZB_ENVS_JSON") or str(ENVS_JSON)
-    if config.interpreters.sim_python:
-        sim, sim_from = config.interpreters.sim_python, "interpreters.sim_python"
-    elif envs.get("sim_python"):
-        sim, sim_from = envs["sim_python"], envs_path
-    elif os.environ.get("CZB_SIM_PYTHON"):
-        sim, sim_from = os.environ["CZB_SIM_PYTHON"], "$CZB_SIM_PYTHON"
-    else:
-        sim, sim_from = None, f"not set: no interpreters.sim_python, no sim_python in {envs_path}, " \
-                              "no $CZB_SIM_PYTHON"
-    if config.interpreters.trainer_python:
-        trainer, trainer_from = config.interpreters.trainer_python, "interpreters.trainer_python"
-    elif envs.get("trainer_python"):
-        trainer, trainer_from = envs["trainer_python"], envs_path
-    else:
-        trainer, trainer_from = launcher_python, "the launcher's own interpreter"
+    sim, sim_from = find_sim_python(config.interpreters.sim_python, "interpreters.sim_python")
+    trainer, trainer_from = find_trainer_python(config.interpreters.trainer_python,
+                                                "interpreters.trainer_python", launcher_python)
     return sim, sim_from, trainer, trainer_from
 
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from launch import commands
 from launch.config import LaunchConfig, find_input, resolve_interpreters
+from launch.interpreters import SETUP_HINT
 from launch.procs import (ManagedProcess, NotReady, any_free_port, describe_exit, first_free_port,
                           port_is_free, wait_bridge, wait_tcp)
 
@@ -21,7 +22,6 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 SIM_MODULES = ("zmq", "msgpack", "numpy", "bridge", "carla_client")
 TRAINER_MODULES = ("torch", "stable_baselines3", "gymnasium", "cv2", "tensorboard", "yaml", "zmq",
                    "msgpack", "bridge", "agent")
-SETUP_HINT = "run `python3 scripts/setup_envs.py` (builds .venvs/ and records them in .venvs/envs.json)"
 
 # Runs under any interpreter down to 3.6: imports each module named on the command line, prints JSON.
 _IMPORT_PROBE = r"""

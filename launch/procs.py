@@ -1,4 +1,8 @@
-"""Child processes in their own sessions, logged to files, stopped in steps; free ports; readiness probes."""
+"""Child processes in their own sessions, logged to files, stopped in steps; free ports; readiness probes.
+
+The one way to start and watch a child in this repository: the launcher, ``agent.bench`` and the tests
+all use ManagedProcess, child_env and the probes below.
+"""
 from __future__ import annotations
 
 import ctypes
@@ -14,7 +18,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
+
+from launch.interpreters import REPO_ROOT
 
 log = logging.getLogger("launch")
 
@@ -39,6 +45,19 @@ def describe_exit(returncode: int | None) -> str:
     if returncode > 128 and returncode - 128 in signal.Signals._value2member_map_:
         return f"{returncode} (128 + {signal.Signals(returncode - 128).name})"
     return str(returncode)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every Python child: the repository importable, unbuffered output for the logs.
+
+    PYTHONPATH is replaced, not extended: ours may point at another Python version's packages.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env["PYTHONPATH"] = REPO_ROOT
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
 
 def shell_status(returncode: int) -> int:
@@ -72,7 +91,7 @@ class ManagedProcess:
     Its output (stdout and stderr) is appended to ``log_path``; each start writes a header line. A new
     session means a terminal's Ctrl-C reaches only the launcher, which then stops the children in
     order, and that the child's whole process group (SubprocVecEnv workers, TensorBoard's data server)
-    can be signalled at once.
+    can be signalled at once. As a context manager it stops the process on exit.
     """
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
@@ -87,6 +106,8 @@ class ManagedProcess:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.started_at: float | None = None  # wall-clock time of the latest start
+        #: where this start's output begins in the log (the log is appended to across restarts).
+        self.log_offset = 0
         self._stop_requested = False
         self._exit_reported = False
 
@@ -110,6 +131,7 @@ class ManagedProcess:
             stamp = datetime.datetime.now().isoformat(timespec="seconds")
             logfile.write(f"=== {stamp} launch: start #{self.starts + 1}: {' '.join(self.argv)}\n".encode())
             logfile.flush()
+            self.log_offset = logfile.tell()
             kwargs: dict = {}
             if POSIX:
                 kwargs["start_new_session"] = True
@@ -199,12 +221,27 @@ class ManagedProcess:
             self.send(signal.SIGKILL, group=True)  # stragglers in its process group
         return self.proc.returncode
 
-    def log_tail(self, lines: int = 15) -> str:
+    def read_log(self, this_start_only: bool = False) -> str:
+        """The log's text (of the current start only, if asked); "" if it cannot be read."""
         try:
-            text = self.log_path.read_bytes().decode("utf-8", "replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset if this_start_only else 0)
+                return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.read_log().splitlines()[-lines:])
+
+    def __enter__(self) -> "ManagedProcess":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (f"ManagedProcess({self.name!r}, pid={self.pid}, returncode={self.returncode}, "
+                f"log={str(self.log_path)!r})")
 
 
 # -------------------------------------------------------------------------------- ports
@@ -246,6 +283,11 @@ def any_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """``tcp://host:port`` on a port that was free a moment ago (bind it right away)."""
+    return f"tcp://{host}:{any_free_port(host)}"
 
 
 # -------------------------------------------------------------------------------- readiness
@@ -310,6 +352,34 @@ def wait_http(url: str, deadline: float, process: ManagedProcess | None = None,
             raise NotReady(f"stopped while waiting for {url}")
         _pause_or_raise(process, min(PROBE_SECONDS, max(0.0, deadline - time.monotonic())),
                         f"{url} answered")
+
+
+def wait_log_line(process: ManagedProcess, prefix: str, deadline: float) -> str:
+    """Returns the first line of this start's log that begins with ``prefix`` (e.g. ``ready``).
+
+    Raises:
+        NotReady: the process exited first (the message ends with its log), or the deadline passed.
+    """
+    def found() -> str | None:
+        lines = process.read_log(this_start_only=True).splitlines()
+        return next((line.strip() for line in lines if line.startswith(prefix)), None)
+
+    what = f"printing a line starting with {prefix!r}"
+    while True:
+        line = found()
+        if line is not None:
+            return line
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise NotReady(f"{process.name} did not finish {what} in time; last lines of "
+                           f"{process.log_path}:\n{process.log_tail()}")
+        try:
+            _pause_or_raise(process, min(PROBE_SECONDS / 5, remaining), what)
+        except NotReady:
+            line = found()  # it may have printed the line just before it exited
+            if line is None:
+                raise
+            return line
 
 
 def wait_bridge(endpoint: str, deadline: float, process: ManagedProcess | None = None,

@@ -1,28 +1,29 @@
 """Shared fixtures: the sim side's interpreter, free TCP endpoints, sim subprocesses stopped on teardown.
 
 pytest loads this file under the trainer's Python 3.11 and, for tests/both/ and tests/sim/, under the
-sim side's Python 3.6 too: 3.6 syntax, standard library and pytest only, no import of bridge/ or agent/.
+sim side's Python 3.6 too: 3.6 syntax, standard library and pytest only at import time. The interpreter
+lookup is launch.interpreters (3.6-safe); the process fixture imports launch.procs when first used,
+which only trainer-side tests do.
 
 Fixtures:
     sim_python       path of the sim side's interpreter (skips, or fails under CI=true, if there is none)
     trainer_python   sys.executable
     tcp_endpoint     "tcp://127.0.0.1:<free port>"
-    sim_process      factory: sim_process(["-m", "carla_client", ...]) -> interpreters.SimProcess,
-                     whose whole process group is killed on teardown
+    sim_process      factory: sim_process(["-m", "carla_client", ...]) -> a started
+                     launch.procs.ManagedProcess, whose whole process group is killed on teardown
 """
 import os
+import socket
 import sys
 
 import pytest
 
-try:
-    from tests import interpreters  # tests/ is a package: tests import `from tests.interpreters import ...`
-except ImportError:
-    import interpreters  # tests/ without __init__.py: pytest put tests/ itself on sys.path
+from launch import interpreters
 
-SimProcess = interpreters.SimProcess
-describe_returncode = interpreters.describe_returncode
-free_tcp_endpoint = interpreters.free_tcp_endpoint
+
+def is_ci():
+    """True under CI (CI=true), where a missing sim interpreter is a failure instead of a skip."""
+    return os.environ.get("CI", "").lower() == "true"
 
 try:
     from hypothesis import settings
@@ -41,7 +42,7 @@ def pytest_report_header(config):
     version = envs.get("sim_version") if path and path == envs.get("sim_python") else None
     return [
         "sim python: %s%s (%s)" % (path or "none", " [%s]" % version if version else "", why),
-        "CI=true: a missing sim interpreter fails" if interpreters.is_ci() else
+        "CI=true: a missing sim interpreter fails" if is_ci() else
         "CI not set: a missing sim interpreter skips",
     ]
 
@@ -59,7 +60,7 @@ def sim_python():
     path, why = interpreters.find_sim_python()
     if path is None:
         msg = "no sim-side interpreter: " + why
-        if interpreters.is_ci():
+        if is_ci():
             pytest.fail(msg + " (CI=true: this is a failure, not a skip)", pytrace=False)
         pytest.skip(msg)
     return path
@@ -74,7 +75,9 @@ def trainer_python():
 @pytest.fixture
 def tcp_endpoint():
     """A loopback endpoint on a port that was free a moment ago."""
-    return free_tcp_endpoint()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return "tcp://127.0.0.1:%d" % sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -86,18 +89,22 @@ def sim_process(request, tmp_path):
     Each child's output goes to <tmp_path>/<name>-<n>.log; its tail is printed on teardown, which pytest
     shows when the test fails.
     """
+    from launch.procs import ManagedProcess, child_env, describe_exit
+
     started = []
 
     def start(args, python=None, env=None, name="sim"):
         if python is None:
             python = request.getfixturevalue("sim_python")
-        log_path = str(tmp_path / ("%s-%d.log" % (name, len(started))))
-        proc = SimProcess(args, python, log_path, env=env)
+        log_path = tmp_path / ("%s-%d.log" % (name, len(started)))
+        proc = ManagedProcess(name, [python] + list(args), log_path, env=child_env(env),
+                              cwd=interpreters.REPO_ROOT)
         started.append(proc)
+        proc.start()
         return proc
 
     yield start
     for proc in started:
-        returncode = proc.stop()
+        returncode = proc.stop(timeout=5.0)
         print("--- %s exited with %s; last lines of %s:\n%s"
-              % (" ".join(proc.args), describe_returncode(returncode), proc.log_path, proc.log_tail()))
+              % (" ".join(proc.argv), describe_exit(returncode), proc.log_path, proc.log_tail(40)))

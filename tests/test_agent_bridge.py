@@ -1,5 +1,6 @@
 """CarlaBridgeEnv over the real bridge: the built-in world served by `python -m carla_client` under the
 sim interpreter, the env in this (trainer) interpreter."""
+import time
 import warnings
 
 import gymnasium
@@ -9,16 +10,15 @@ import pytest
 import agent  # noqa: F401  (registers CarlaBridge-v0)
 from agent.env import CarlaBridgeEnv
 from agent.reward import TERMS
-from agent.simproc import wait_for_sim
 from agent.vec import make_vec_env
-from tests.interpreters import free_tcp_endpoint
+from launch.procs import NotReady, free_tcp_endpoint, wait_bridge
 
 
 def wait_ready(endpoint, proc, timeout=30.0):
     """Readiness through the protocol: ping until the server answers (or the process dies)."""
     try:
-        wait_for_sim(endpoint, proc.alive, timeout)
-    except RuntimeError as e:
+        wait_bridge(endpoint, time.monotonic() + timeout, proc)
+    except NotReady as e:
         pytest.fail(f"{e}:\n{proc.log_tail()}")
 
 

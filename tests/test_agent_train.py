@@ -1,5 +1,4 @@
 """Smoke runs of `python -m agent.train` and `python -m agent.evaluate` against a real sim process."""
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +9,8 @@ import yaml
 
 from agent.status import read_status
 
-from agent.simproc import wait_for_sim
-from tests.interpreters import REPO_ROOT, free_tcp_endpoint, subprocess_env
+from launch.interpreters import REPO_ROOT
+from launch.procs import NotReady, child_env, free_tcp_endpoint, wait_bridge
 
 TINY = ["ppo.n_steps=64", "ppo.batch_size=32", "ppo.n_epochs=1", "checkpoint_every=128",
         "progress_bar=false", "env.max_episode_steps=100", "policy.cnn_dim=32"]
@@ -22,7 +21,7 @@ def agent_command(module, *args):
 
 
 def run(command, timeout=120):
-    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+    result = subprocess.run(command, cwd=REPO_ROOT, env=child_env(), capture_output=True,
                             text=True, timeout=timeout)
     assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stderr[-3000:]}"
     return result
@@ -42,8 +41,8 @@ def endpoint(sim_process):
     endpoint = free_tcp_endpoint()
     proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint])
     try:
-        wait_for_sim(endpoint, proc.alive, 30.0)
-    except RuntimeError as e:
+        wait_bridge(endpoint, time.monotonic() + 30.0, proc)
+    except NotReady as e:
         pytest.fail(f"{e}:\n{proc.log_tail()}")
     return endpoint
 
@@ -95,26 +94,18 @@ def test_time_limit_ends_training_and_saves_the_model(endpoint, tmp_path):
     assert status["phase"] == "finished" and 0 < status["num_timesteps"] < 1000000
 
 
-def test_sigterm_saves_a_checkpoint(endpoint, tmp_path):
+def test_sigterm_saves_a_checkpoint(endpoint, tmp_path, sim_process):
     runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        agent_command("agent.train", "--run-name", "interrupted", "total_timesteps=1000000",
-                      f"endpoints={endpoint}", f"runs_dir={runs}", *TINY, "checkpoint_every=1000000"),
-        cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        # training has started once TensorBoard has an event file with a dumped iteration
-        while not any(p.stat().st_size > 200 for p in (runs / "interrupted").glob("events.*")):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, stderr[-3000:]
+    proc = sim_process(["-m", "agent.train", "--run-name", "interrupted", "total_timesteps=1000000",
+                        f"endpoints={endpoint}", f"runs_dir={runs}", *TINY, "checkpoint_every=1000000"],
+                       python=sys.executable, name="trainer")
+    deadline = time.monotonic() + 90
+    # training has started once TensorBoard has an event file with a dumped iteration
+    while not any(p.stat().st_size > 200 for p in (runs / "interrupted").glob("events.*")):
+        assert proc.alive(), proc.log_tail(40)
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    proc.send(signal.SIGTERM)
+    assert proc.wait(60) == 130, proc.log_tail(40)
     saved = list((runs / "interrupted" / "checkpoints").glob("ppo_*_steps.zip"))
     assert len(saved) == 1 and int(saved[0].name.split("_")[1]) >= 64

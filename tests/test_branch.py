@@ -1,6 +1,7 @@
 """Env snapshots (``env.unwrapped.snapshot()``/``.restore()``) and agent.branch's group rollouts, in
 process and through the bridge to a sim under the sim interpreter (Python 3.6 here)."""
 import json
+import time
 
 import gymnasium
 import numpy as np
@@ -9,9 +10,8 @@ import pytest
 import agent  # noqa: F401  (registers CarlaBridge-v0)
 from agent.branch import branch, main as branch_main
 from agent.env import CarlaBridgeEnv
-from agent.simproc import wait_for_sim
 from bridge.errors import SnapshotError, SnapshotUnsupportedError
-from tests.interpreters import free_tcp_endpoint
+from launch.procs import free_tcp_endpoint, wait_bridge
 
 ENV = dict(camera_size=(32, 32), max_episode_steps=1000, reconnect=False,
            reset_options={"random_start": True})
@@ -22,7 +22,7 @@ def served_builtin(sim_process):
     """A built-in world with NPCs served by ``python -m carla_client`` under the sim interpreter."""
     endpoint = free_tcp_endpoint()
     proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint, "--npc", "4"])
-    wait_for_sim(endpoint, proc.alive, 60.0)
+    wait_bridge(endpoint, time.monotonic() + 60.0, proc)
     return endpoint
 
 

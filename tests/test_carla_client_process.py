@@ -76,9 +76,9 @@ def test_signals_end_the_session_and_exit_cleanly(sim_python, sig):
             client.hello()
             client.reset(seed=1)
             client.step(NEUTRAL)
-            child.process.send_signal(sig)
-            assert child.process.wait(timeout=10) == 0
-        log = child.process.stderr.read().decode()
+            child.send(sig)
+            assert child.wait(10) == 0
+        log = child.read_log()
         assert "session" in log and "ended" in log
         assert "stopped by {}".format(sig.name) in log
     finally:

@@ -1,5 +1,6 @@
 """The bridge across interpreters: the serving side under the sim venv's Python (3.6 here), the client
 under this interpreter (3.11), with real processes and kill -9."""
+import signal
 import sys
 import threading
 import time
@@ -63,7 +64,7 @@ def test_killing_the_server_mid_request_is_reported_fast(children, sim_python):
     with BridgeClient(peer.endpoint, timeout=timeout) as client:
         client.hello()
         client.reset()
-        killer = threading.Timer(0.5, peer.kill)
+        killer = threading.Timer(0.5, peer.send, (signal.SIGKILL, True))
         killer.start()
         started = time.monotonic()
         with pytest.raises((PeerDisconnectedError, BridgeTimeoutError)) as raised:
@@ -80,7 +81,7 @@ def test_killing_the_server_mid_request_is_reported_fast(children, sim_python):
 def test_a_killed_server_is_reported_by_the_timeout_when_the_connection_cannot_tell(children,
                                                                                      sim_python):
     peer = serve_counting(children, sim_python, "--step-delay", "5")
-    peer.kill(sig=19)  # SIGSTOP: alive but silent, its connection stays open
+    peer.send(signal.SIGSTOP, group=True)  # alive but silent, its connection stays open
     with BridgeClient(peer.endpoint, timeout=1.0, hello_timeout=1.0) as client:
         started = time.monotonic()
         with pytest.raises(BridgeTimeoutError, match=peer.endpoint):
@@ -94,7 +95,7 @@ def test_killing_the_client_sends_the_server_back_to_waiting_for_hello(children,
                        "--heartbeat", "0.2")
     with BridgeClient(peer.endpoint) as prober:
         assert prober.ping()["session_active"] is True
-        trainer.kill()  # SIGKILL: no close, no goodbye
+        trainer.send(signal.SIGKILL, group=True)  # no close, no goodbye
         deadline = time.monotonic() + 5.0
         while prober.ping()["session_active"] and time.monotonic() < deadline:
             time.sleep(0.05)

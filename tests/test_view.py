@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from agent.view import annotate, gui_backend, overlay_lines
-from tests.interpreters import REPO_ROOT, subprocess_env
+from launch.interpreters import REPO_ROOT
+from launch.procs import child_env
 from tests.xvfb import MISSING_REASON, XVFB, VirtualDisplay
 
 needs_xvfb = pytest.mark.skipif(XVFB is None, reason=MISSING_REASON)
@@ -31,7 +32,7 @@ def display():
 
 
 def _env(display=None):
-    env = subprocess_env()
+    env = child_env()
     env.pop("WAYLAND_DISPLAY", None)
     if display is None:
         env.pop("DISPLAY", None)

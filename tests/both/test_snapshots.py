@@ -14,9 +14,10 @@ from bridge import protocol
 from bridge.client import BridgeClient, ProtocolVersionWarning
 from bridge.errors import (ProtocolError, RemoteSnapshotError, RemoteSnapshotUnsupportedError,
                            SessionError, SnapshotError, SnapshotUnsupportedError)
+from bridge.schema import VehicleControl
 from bridge.server import BridgeServer
 from bridge.snapshots import SnapshotStore
-from carla_client.backend import VehicleControl, WorldBackend
+from carla_client.backend import WorldBackend
 from carla_client.builtin import BuiltinWorld
 from carla_client.serve import WorldSessionHandler
 from carla_client.sensors import parse_sensors
