@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import errno
+import http.client
 import logging
 import os
 import signal
@@ -346,7 +347,9 @@ def wait_http(url: str, deadline: float, process: ManagedProcess | None = None,
             with urllib.request.urlopen(url, timeout=min(2.0, remaining)) as reply:
                 if reply.status == 200:
                     return
-        except (OSError, urllib.error.URLError):
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            # HTTPException: something that is not (yet) an HTTP server answers on the port, e.g.
+            # another program's socket that grabbed it first; the process check below tells.
             pass
         if should_abort():
             raise NotReady(f"stopped while waiting for {url}")
