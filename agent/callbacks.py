@@ -17,14 +17,23 @@ from agent.status import STATUS_VERSION, write_status
 #: keys of info["episode_metrics"] logged as ``episode/<key>`` (means over the episodes that ended).
 EPISODE_KEYS = ("return", "length", "route_completion", "lap_completed", "collisions",
                 "lane_invasions", "mean_speed")
+#: per-step info keys summed over each rollout and logged as ``sim/<key>`` (CARLA's timing).
+SIM_COUNT_KEYS = ("late_events",)
 
 
 class DrivingMetricsCallback(BaseCallback):
     """Logs episode metrics (return, route completion, collisions...) and per-step reward terms.
 
     Values are averaged with ``logger.record_mean`` and written when PPO dumps its logs after each
-    rollout, next to SB3's own ``rollout/`` and ``train/`` scalars.
+    rollout, next to SB3's own ``rollout/`` and ``train/`` scalars. CARLA's late events and the
+    steps the sim side could not finish are summed per rollout as ``sim/late_events`` and
+    ``sim/sim_errors``.
     """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self._sim_counts: dict[str, int] = {}
+        self._sim_seen = False
 
     def _on_step(self) -> bool:
         record_mean = self.logger.record_mean
@@ -39,7 +48,24 @@ class DrivingMetricsCallback(BaseCallback):
                     record_mean(f"episode/{key}", float(metrics[key]))
             if info.get("bridge_reconnected"):
                 self.logger.record_mean("bridge/reconnects", 1.0)
+            if info.get("sim_error"):
+                self._sim_counts["sim_errors"] = self._sim_counts.get("sim_errors", 0) + 1
+            for key in SIM_COUNT_KEYS:
+                if info.get(key):
+                    self._sim_counts[key] = self._sim_counts.get(key, 0) + int(info[key])
         return True
+
+    def _on_rollout_start(self) -> None:
+        self._sim_counts = {}
+
+    def _on_rollout_end(self) -> None:
+        # Sums per rollout. Written from the first rollout that had any on: then a 0 is a point on
+        # the curve too, while a world that never reports late events (the built-in one) adds no tag.
+        counts = self._sim_counts
+        self._sim_seen = self._sim_seen or bool(counts)
+        if self._sim_seen:
+            for key in SIM_COUNT_KEYS + ("sim_errors",):
+                self.logger.record(f"sim/{key}", float(counts.get(key, 0)))
 
 
 class BridgeStatsCallback(BaseCallback):

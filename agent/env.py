@@ -16,8 +16,8 @@ from agent.action import ActionMapping
 from agent.observation import LEAD_MEASUREMENTS, StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
 from bridge.client import BridgeClient
-from bridge.errors import (BridgeTimeoutError, PeerDisconnectedError, SessionError, SnapshotError,
-                           SpecError)
+from bridge.errors import (EPISODE_ENDING_REMOTE_ERRORS, BridgeTimeoutError, PeerDisconnectedError,
+                           RemoteError, SessionError, SnapshotError, SpecError)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> A
                                                                    use_shm=use_shm)
     return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)
 
-#: bridge failures after which a reconnect may help (the sim side restarted or hung).
+#: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
+#: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
 
 #: the env's own per-episode state that a snapshot saves next to the sim's.
@@ -93,7 +94,11 @@ class CarlaBridgeEnv(gym.Env):
 
     Episodes terminate on a collision or when the car is off the road, and are truncated after
     ``max_episode_steps`` steps, when ``route_completion`` reaches ``lap_target`` (if
-    ``end_on_lap``), or after a bridge reconnect. ``info`` holds ``frame`` and ``sim_time`` counted
+    ``end_on_lap``), after a bridge reconnect, or when the sim side could not finish the step but
+    kept the session (its step budget ran out waiting for a CARLA tick or sensor, or another client
+    destroyed the ego: ``info["sim_error"]`` says which; the next ``reset`` works as usual).
+    ``info["late_events"]`` counts events reported after their own frame's step (CARLA delivers
+    events on its own threads). ``info`` holds ``frame`` and ``sim_time`` counted
     from the episode's reset (the sim's absolute frame id and time are in the reset's info as
     ``sim_frame``/``sim_start_time`` and in ``env.sim_frame``; relative values keep step infos
     reproducible, as gymnasium's checker demands), every ``reward_<term>`` of agent.reward.TERMS,
@@ -259,13 +264,14 @@ class CarlaBridgeEnv(gym.Env):
         try:
             reply = self._client.reset(seed=sim_seed, options=sim_options)
         except RECONNECTABLE as e:
-            if not self.reconnect:
+            if not self.reconnect or isinstance(e, RemoteError):
                 raise
             self._reconnect(e)
             reply = self._client.reset(seed=sim_seed, options=sim_options)
         self._steps = 0
         self._last_completion = 0.0
-        self._episode = {"return": 0.0, "collisions": 0, "lane_invasions": 0, "speed_sum": 0.0,
+        self._episode = {"return": 0.0, "collisions": 0, "lane_invasions": 0, "late_events": 0,
+                         "speed_sum": 0.0,
                          "start_completion": float(reply.measurements["route_completion"])}
         self._measurements = self._keep(reply.measurements)
         state = self._encoder.reset(reply.measurements)
@@ -283,6 +289,15 @@ class CarlaBridgeEnv(gym.Env):
         control = self._actions.control(action)
         try:
             reply = self._client.step(control)
+        except EPISODE_ENDING_REMOTE_ERRORS as e:
+            # the sim side is alive and keeps the session: this episode ends here, reset goes on
+            log.warning("the sim side could not finish step %d (%s); ending the episode as "
+                        "truncated", self._steps + 1, e)
+            self._measurements = None  # the next call must be reset()
+            info = {"sim_error": str(e), "frame": -1, "sim_time": math.nan,
+                    **{f"reward_{t}": 0.0 for t in TERMS}}
+            info["episode_metrics"] = self._metrics(self._last_completion, False)
+            return self._copy_obs(self._last_obs), 0.0, False, True, info
         except RECONNECTABLE as e:
             if not self.reconnect:
                 raise
@@ -299,6 +314,7 @@ class CarlaBridgeEnv(gym.Env):
         self._steps += 1
         collisions = count_events(reply.events, "collision")
         invasions = count_events(reply.events, "lane_invasion")
+        late_events = sum(1 for e in reply.events if e.get("late"))
         off_road = bool(m["off_road"])
         pedal = control["throttle"] - control["brake"]
         state = self._encoder.encode(m, control["steer"], pedal)
@@ -315,6 +331,7 @@ class CarlaBridgeEnv(gym.Env):
         ep["return"] += reward
         ep["collisions"] += collisions
         ep["lane_invasions"] += invasions
+        ep["late_events"] += late_events
         ep["speed_sum"] += float(m["speed"])
 
         self.sim_frame = int(reply.frame)
@@ -324,7 +341,8 @@ class CarlaBridgeEnv(gym.Env):
             **{f"reward_{t}": float(v) for t, v in terms.items()},
             "route_completion": completion, "lap_completed": lap_completed,
             "speed": float(m["speed"]), "lateral_offset": float(m["lateral_offset"]),
-            "collisions": collisions, "lane_invasions": invasions, "off_road": off_road,
+            "collisions": collisions, "lane_invasions": invasions, "late_events": late_events,
+            "off_road": off_road,
             "steer": control["steer"], "throttle": control["throttle"], "brake": control["brake"],
         }
         if "lead_distance" in m:
@@ -422,4 +440,5 @@ class CarlaBridgeEnv(gym.Env):
         return {"return": ep.get("return", 0.0), "length": self._steps,
                 "route_completion": completion, "lap_completed": float(lap_completed),
                 "collisions": ep.get("collisions", 0), "lane_invasions": ep.get("lane_invasions", 0),
+                "late_events": ep.get("late_events", 0),
                 "mean_speed": ep.get("speed_sum", 0.0) / steps}

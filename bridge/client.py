@@ -21,8 +21,8 @@ from bridge import protocol
 from bridge.codec import Encoder, decode, peek_seq
 from bridge.protocol import PROTOCOL_VERSION
 from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
-                           SessionError, SnapshotUnsupportedError, VersionMismatchError,
-                           remote_error)
+                           SessionError, SnapshotUnsupportedError, StepBudgetError,
+                           VersionMismatchError, remote_error)
 from bridge.shm import ShmReader, shm_available
 from bridge.spec import Tick, WorldSpec
 from bridge.transport import (ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint,
@@ -53,6 +53,8 @@ class ServerInfo(NamedTuple):
     shm: bool
     can_snapshot: bool = False
     max_snapshots: int = 0
+    #: seconds the sim side allows itself per reset/step (hello's step_budget_seconds), if announced.
+    step_budget: Optional[float] = None
 
 
 #: one tick as the sim side reported it (see bridge.spec.Tick for the validity of its arrays).
@@ -122,6 +124,9 @@ class BridgeClient(object):
         heartbeat_seconds: heartbeat interval; 0 disables heartbeats (the server then uses its own
             idle timeout).
         max_message_bytes: the largest reply accepted.
+        adapt_timeout: when the sim side announces a step budget (``hello``'s
+            ``step_budget_seconds``) that ``timeout`` cannot cover with a margin, raise ``timeout``
+            to fit; when False, refuse such a server with StepBudgetError instead.
     """
 
     def __init__(self, endpoint: str = protocol.DEFAULT_ENDPOINT,
@@ -130,11 +135,13 @@ class BridgeClient(object):
                  copy_arrays: bool = False,
                  heartbeat_seconds: float = protocol.DEFAULT_HEARTBEAT_SECONDS,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 client_name: str = "carla-zmq-bridge") -> None:
+                 client_name: str = "carla-zmq-bridge", adapt_timeout: bool = True) -> None:
         if not endpoint.startswith("ipc://"):
             parse_tcp_endpoint(endpoint)
         self.endpoint = endpoint
         self.timeout = float(timeout)
+        self.requested_timeout = self.timeout
+        self.adapt_timeout = adapt_timeout
         self.hello_timeout = float(hello_timeout if hello_timeout is not None else timeout)
         self.use_shm = use_shm
         self.copy_arrays = copy_arrays
@@ -184,9 +191,19 @@ class BridgeClient(object):
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError("malformed hello reply from {}: {}".format(self.endpoint, e)) from e
         self._check_version(version)
+        self._session = info.session
+        try:
+            info = info._replace(step_budget=self._fit_timeout(reply.get("step_budget_seconds")))
+        except BridgeError:
+            # refused: end the session we just opened, so the sim side restores its world now
+            try:
+                self._request(protocol.CLOSE, {}, min(self.timeout, 2.0))
+            except BridgeError as e:
+                logger.debug("close after a refused hello: %s", e)
+            self._session = None
+            raise
         for text in reply.get("warnings") or []:
             warnings.warn(str(text), ProtocolVersionWarning)
-        self._session = info.session
         if reply.get("shm"):
             info = info._replace(shm=self._attach_shm(reply["shm"]))
         if self.heartbeat_seconds > 0:
@@ -301,6 +318,35 @@ class BridgeClient(object):
                           "differ, newer features may be unavailable".format(
                               self.endpoint, protocol.version_string(version),
                               protocol.version_string(ours)), ProtocolVersionWarning)
+
+    def _fit_timeout(self, budget: Any) -> Optional[float]:
+        """Makes the request timeout exceed the sim side's step budget by a margin.
+
+        Returns the budget (None when the server announces none: the timeout stays as asked).
+
+        Raises:
+            ProtocolError: the budget is not a positive number.
+            StepBudgetError: the timeout is too short and ``adapt_timeout`` is False.
+        """
+        self.timeout = self.requested_timeout
+        if budget is None:
+            return None
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (
+                0 < budget < float("inf")):
+            raise ProtocolError("hello reply from {}: step_budget_seconds must be a positive "
+                                "number, got {!r}".format(self.endpoint, budget))
+        needed = float(budget) + protocol.step_budget_margin(float(budget))
+        if needed > self.timeout:
+            if not self.adapt_timeout:
+                raise StepBudgetError(
+                    "the sim side at {} allows itself up to {:g} s per step (its CARLA timeout) but "
+                    "this client waits only {:g} s: raise the client's timeout to at least {:g} s, "
+                    "lower the sim side's --carla-timeout, or let the client adapt "
+                    "(adapt_timeout=True)".format(self.endpoint, budget, self.timeout, needed))
+            logger.info("the sim side at %s allows itself up to %g s per step: request timeout "
+                        "raised from %g s to %g s", self.endpoint, budget, self.timeout, needed)
+            self.timeout = needed
+        return float(budget)
 
     def _check_can_snapshot(self) -> None:
         if self.info is None or self._session is None:

@@ -40,6 +40,17 @@ class BridgeTimeoutError(TimeoutError, BridgeError):
     """No reply arrived within the timeout."""
 
 
+class ActorLostError(BridgeError):
+    """The world lost an actor the episode needs (e.g. another CARLA client destroyed the ego).
+
+    The session survives; the episode does not: the next ``reset`` rebuilds the actors.
+    """
+
+
+class StepBudgetError(ValueError, BridgeError):
+    """The sim side's announced step budget does not fit this client's request timeout."""
+
+
 class PeerDisconnectedError(ConnectionError, BridgeError):
     """The peer's connection dropped while we waited for its reply (it probably crashed)."""
 
@@ -94,6 +105,17 @@ class RemoteSessionError(RemoteError, SessionError):
     """The far side has no session for us: send hello again."""
 
 
+class RemoteTimeoutError(RemoteError, BridgeTimeoutError):
+    """The sim side ran out of its step budget (a CARLA tick or a sensor's data was late).
+
+    The message names the sensor and the frame. The session survives: end the episode and reset.
+    """
+
+
+class RemoteActorLostError(RemoteError, ActorLostError):
+    """The sim side lost an actor the episode needs: end the episode; the next reset rebuilds it."""
+
+
 class RemoteVersionError(RemoteError, VersionMismatchError):
     """The far side refused our protocol version."""
 
@@ -120,9 +142,14 @@ REMOTE_ERROR_CLASSES = {
     "SpecError": RemoteSpecError,
     "SessionError": RemoteSessionError,
     "VersionMismatchError": RemoteVersionError,
+    "BridgeTimeoutError": RemoteTimeoutError,
+    "ActorLostError": RemoteActorLostError,
     "SnapshotError": RemoteSnapshotError,
     "SnapshotUnsupportedError": RemoteSnapshotUnsupportedError,
 }
+
+#: remote failures that end the episode but not the session: the env truncates and resets.
+EPISODE_ENDING_REMOTE_ERRORS = (RemoteTimeoutError, RemoteActorLostError)
 
 
 def wire_code(error: BaseException) -> str:

@@ -4,10 +4,13 @@ Revision history of PROTOCOL_VERSION (major.minor; a major mismatch is an error,
     1.0  first release: hello/reset/step/close/ping/heartbeat, out-of-band array frames, /dev/shm path.
     1.1  snapshot/restore commands; hello's reply announces ``capabilities`` (an older peer ignores
          the key and never sends the commands; a newer client refuses them locally without it).
+    1.2  hello's reply announces step_budget_seconds (the sim side's time per reset/step); error codes
+         BridgeTimeoutError (the step budget ran out) and ActorLostError (reset rebuilds), both
+         ending the episode but not the session.
 """
 from typing import Tuple
 
-PROTOCOL_VERSION = (1, 1)  # type: Tuple[int, int]
+PROTOCOL_VERSION = (1, 2)  # type: Tuple[int, int]
 
 DEFAULT_PORT = 5556
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:{}".format(DEFAULT_PORT)
@@ -40,6 +43,18 @@ DEFAULT_INLINE_LIMIT = 4 * 1024
 DEFAULT_SHM_LIMIT = 64 * 1024
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+def step_budget_margin(budget: float) -> float:
+    """Seconds a client's request timeout must exceed the sim side's announced step budget by.
+
+    The budget bounds the sim side's work on a reset or step (a CARLA tick plus its sensors' data);
+    the margin covers encoding, the network and a loaded machine, so that a sim-side timeout
+    (which names the sensor and frame) always reaches the trainer before its own request times out.
+    """
+    return max(1.0, 0.25 * budget)
+
+
 DEFAULT_HEARTBEAT_SECONDS = 1.0
 #: the server ends a session after this many heartbeat intervals without hearing from its trainer.
 HEARTBEAT_MISSES_ALLOWED = 5

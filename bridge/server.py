@@ -32,7 +32,12 @@ class SessionHandler(object):
 
     def describe(self) -> Dict[str, Any]:
         """``{"name": str, "version": str, "spec": WorldSpec}`` and optionally ``"snapshot": bool``
-        (default False); constant for the process."""
+        (default False); constant for the process.
+
+        Optionally ``"step_budget_seconds"``: the most a reset or step may take on this side (a
+        CARLA tick plus its sensors' data), announced in ``hello`` so that the trainer's request
+        timeout exceeds it.
+        """
         raise NotImplementedError
 
     def open_session(self) -> None:
@@ -104,6 +109,8 @@ class BridgeServer(object):
         self.sim_name = str(description["name"])
         self.sim_version = str(description["version"])
         self.spec = description["spec"]  # type: WorldSpec
+        budget = description.get("step_budget_seconds")
+        self.step_budget = float(budget) if budget is not None else None  # type: Optional[float]
         self.can_snapshot = bool(description.get("snapshot", False))
         self.max_snapshots = int(max_snapshots)
         self.use_shm = use_shm and shm_available()
@@ -291,6 +298,7 @@ class BridgeServer(object):
             "session": self.session.id,
             "shm": shm.describe() if shm is not None else None,
             "warnings": warnings,
+            "step_budget_seconds": self.step_budget,
             "capabilities": {protocol.CAPABILITY_SNAPSHOT: self.can_snapshot,
                              "max_snapshots": self.max_snapshots if self.can_snapshot else 0},
         }

@@ -3,7 +3,7 @@ import argparse
 import logging
 import signal
 import sys
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from bridge import protocol
 from bridge.errors import BridgeError
@@ -100,8 +100,25 @@ def make_backend(config: ClientConfig) -> WorldBackend:
                       timeout=config.carla_timeout, seed=config.seed)
 
 
+#: signals that end the process through the same restore path as SIGTERM (each where it exists):
+#: SIGHUP when the terminal or SSH session closes, SIGQUIT (Ctrl-backslash), and SIGBREAK, which is how
+#: Windows delivers the CTRL_BREAK_EVENT the launcher sends instead of TerminateProcess.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGBREAK")
+
+
+def install_stop_handlers(handler: Any) -> List[int]:
+    """Routes every stop signal this platform has to ``handler``; returns the signal numbers."""
+    installed = []
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, handler)
+            installed.append(int(number))
+    return installed
+
+
 class _StopFlag(object):
-    """Set by SIGINT/SIGTERM; the serve loop checks it between requests."""
+    """Set by any of STOP_SIGNALS; the serve loop checks it between requests."""
 
     def __init__(self) -> None:
         self.signal = None  # type: Optional[int]
@@ -118,8 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = _StopFlag()
-    signal.signal(signal.SIGINT, stop.set)
-    signal.signal(signal.SIGTERM, stop.set)
+    install_stop_handlers(stop.set)
     try:
         backend = make_backend(config)
     except BridgeError as e:

@@ -30,6 +30,14 @@ class WorldBackend(object):
         """The observation, measurement and action fields and the tick length (constant per process)."""
         raise NotImplementedError
 
+    def step_budget(self) -> Optional[float]:
+        """Seconds a reset or step may take at most (announced in ``hello``); None: no promise."""
+        return None
+
+    def stats(self) -> Dict[str, int]:
+        """Counters worth logging (late events, timeouts...); empty when there are none."""
+        return {}
+
     def start(self) -> None:
         """Begins a session: connect, save and change world settings, spawn actors (idempotent)."""
 

@@ -3,10 +3,12 @@
 Everything else receives the module object from :func:`import_carla` (or a test's stand-in), so
 ``carla_client`` imports, and ``--world builtin`` runs, on machines without CARLA.
 """
+import contextlib
 import logging
-from typing import Any, Tuple
+import warnings
+from typing import Any, Iterator, Optional, Tuple, Type
 
-from bridge.errors import BridgeError, BridgeTimeoutError
+from bridge.errors import ActorLostError, BridgeError, BridgeTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,54 @@ class SensorTimeoutError(CarlaTimeoutError):
     """A sensor delivered no data for the frame just ticked within the timeout."""
 
 
+class CarlaActorLostError(ActorLostError):
+    """An actor of ours is gone (another client destroyed it): the episode ends, reset rebuilds."""
+
+
+#: what libcarla's RuntimeError messages contain for each kind of failure (client 0.9.10-0.9.16).
+_TIMEOUT_MARKS = ("time-out", "timed out", "timeout")
+_DESTROYED_MARKS = ("destroyed actor", "actor is already destroyed", "actor not found")
+
+
+def translate(error: BaseException, doing: str, where: str,
+              default: Optional[Type[BridgeError]] = None) -> BridgeError:
+    """Our typed error for a ``RuntimeError`` that libcarla raised while ``doing`` something.
+
+    Time-outs become CarlaTimeoutError, "operate on a destroyed actor" CarlaActorLostError, and
+    anything else ``default`` (CarlaSetupError unless told otherwise). The message says what we
+    were doing, at which server, and what libcarla said.
+    """
+    text = str(error)
+    lowered = text.lower()
+    if any(mark in lowered for mark in _TIMEOUT_MARKS):
+        return CarlaTimeoutError(
+            "the CARLA server at {} did not answer in time while {} ({}): did it crash or hang? is "
+            "it overloaded (raise --carla-timeout)?".format(where, doing, text))
+    if any(mark in lowered for mark in _DESTROYED_MARKS):
+        return CarlaActorLostError(
+            "an actor of ours was destroyed by someone else while {} at {} ({}): this episode is "
+            "over; the next reset spawns the ego and its sensors again".format(doing, where, text))
+    cls = default or CarlaSetupError
+    return cls("CARLA at {} failed while {}: {}".format(where, doing, text))
+
+
+def is_libcarla_error(error: BaseException) -> bool:
+    """True for the plain ``RuntimeError`` libcarla raises (not RecursionError and the like)."""
+    return type(error) is RuntimeError
+
+
+@contextlib.contextmanager
+def calling(doing: str, where: str, default: Optional[Type[BridgeError]] = None
+            ) -> Iterator[None]:
+    """Turns libcarla's ``RuntimeError`` raised inside the block into our typed error (translate)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_libcarla_error(e):
+            raise
+        raise translate(e, doing, where, default) from e
+
+
 def import_carla() -> Any:
     """Imports and returns the ``carla`` module.
 
@@ -56,14 +106,27 @@ def import_carla() -> Any:
 
 
 def module_version(carla: Any) -> str:
-    """The client library's version (0.9.16's module has ``__version__ = None``)."""
+    """The client library's version: ``carla.__version__`` where set (0.9.16's is None), else the
+    installed distribution's (``importlib.metadata`` on 3.8+, ``pkg_resources`` on 3.6/3.7), else
+    "unknown" (an egg put on sys.path by hand, or a stand-in module)."""
     version = getattr(carla, "__version__", None)
     if version:
         return str(version)
     try:
         from importlib import metadata  # Python 3.8+
-        return metadata.version("carla")
-    except Exception:  # 3.6/3.7, an egg on the path, or a stand-in module: not worth failing for
+    except ImportError:
+        metadata = None
+    if metadata is not None:
+        try:
+            return metadata.version("carla")
+        except Exception:  # PackageNotFoundError: no installed distribution, not worth failing for
+            return "unknown"
+    try:
+        with warnings.catch_warnings():  # newer setuptools deprecate pkg_resources (still works)
+            warnings.simplefilter("ignore")
+            import pkg_resources  # setuptools: the 3.6/3.7 way
+        return pkg_resources.get_distribution("carla").version
+    except Exception:  # no setuptools, or no distribution: not worth failing for
         return "unknown"
 
 
@@ -99,7 +162,8 @@ def tick(world: Any, timeout: float, where: str) -> int:
     """``world.tick()`` with an explicit timeout; returns the new frame id.
 
     0.9.16 reads ``seconds=0.0`` as "use the client timeout" but older releases took it literally or
-    had no argument at all, so the timeout is always passed, falling back for the oldest.
+    had no argument at all (0.9.5-0.9.7), so the timeout is always passed, falling back for the
+    oldest (whose tick then waits for the client timeout set by ``set_timeout``).
 
     Raises:
         CarlaTimeoutError: the server did not finish the tick in time.

@@ -18,14 +18,16 @@ from bridge.spec import Tick, WorldSpec
 from carla_client import carla_api
 from carla_client import carla_lead
 from carla_client.backend import WorldBackend
-from carla_client.carla_api import (CarlaConnectionError, CarlaSetupError, CarlaTimeoutError,
-                                    CarlaUnavailableError, SensorTimeoutError)
+from carla_client.carla_api import (CarlaActorLostError, CarlaConnectionError, CarlaSetupError,
+                                    CarlaTimeoutError, CarlaUnavailableError, SensorTimeoutError,
+                                    calling, translate)
 from carla_client.carla_sensors import (EventQueue, FrameQueue, configure_blueprint, to_event,
                                         to_observation)
 from carla_client.sensors import SENSOR_TYPES, SensorConfig, default_sensors, observation_fields
 
-__all__ = ["CarlaWorld", "CarlaConnectionError", "CarlaSetupError", "CarlaTimeoutError",
-           "CarlaUnavailableError", "SensorTimeoutError", "DEFAULT_ROUTE_LENGTH"]
+__all__ = ["CarlaWorld", "CarlaActorLostError", "CarlaConnectionError", "CarlaSetupError",
+           "CarlaTimeoutError", "CarlaUnavailableError", "SensorTimeoutError",
+           "DEFAULT_ROUTE_LENGTH", "unfreeze_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,27 @@ LOAD_WORLD_TIMEOUT = 120.0
 #: the world settings this backend needs; only those that differ are changed, and restored.
 _SYNC_FIELDS = ("synchronous_mode", "fixed_delta_seconds")
 
+#: seconds between the first and second attempt to restore a setting; doubled per retry, up to
+#: _RESTORE_MAX_BACKOFF.
+_RESTORE_FIRST_BACKOFF = 0.1
+_RESTORE_MAX_BACKOFF = 2.0
+
+#: counters reported by ``CarlaWorld.stats()``.
+STAT_NAMES = ("late_events", "orphaned_events", "discarded_frames", "tick_timeouts",
+              "sensor_timeouts", "actors_lost", "rebuilds", "restore_failures")
+
+
+def unfreeze_command(host: str, port: int, tm_port: Optional[int] = None,
+                     fixed_delta_seconds: Any = "keep") -> str:
+    """The shell command that takes a CARLA server out of the synchronous mode we left it in."""
+    parts = ["python -m carla_client.unfreeze --host {} --port {}".format(host, port)]
+    if tm_port is not None:
+        parts.append("--tm-port {}".format(tm_port))
+    if fixed_delta_seconds != "keep":
+        parts.append("--fixed-delta-seconds {}".format(
+            "none" if fixed_delta_seconds is None else "{:g}".format(fixed_delta_seconds)))
+    return " ".join(parts)
+
 
 class CarlaWorld(WorldBackend):
     """A CARLA server's world, driven in lockstep: one ``world.tick()`` per ``step``.
@@ -54,10 +77,14 @@ class CarlaWorld(WorldBackend):
         sensors: sensor configs (default: a 64x64 chase camera, collision, lane invasion).
         tick_seconds: the fixed simulation step (``fixed_delta_seconds``).
         tm_port: the Traffic Manager port, switched to synchronous mode with the world.
-        timeout: seconds allowed for each CARLA call, each tick and each tick's sensor data.
+        timeout: the step budget: seconds a reset or step may take for its tick plus all of its
+            sensors' data (announced to the trainer in ``hello``); also libcarla's timeout for
+            every other call.
         vehicle_filter: blueprint filter for the ego; the first match by id is used.
         seed: seeds the spawn-point choice until ``reset`` gives a seed.
         town: a map name such as "Town03" to load at ``start`` if another map is loaded.
+        restore_deadline: seconds ``stop`` keeps retrying (with back-off) to restore the world's
+            and the Traffic Manager's settings before it gives up and logs how to unfreeze them.
         carla_module: the ``carla`` module or a stand-in (tests); imported when None.
 
     Raises:
@@ -75,7 +102,8 @@ class CarlaWorld(WorldBackend):
                  sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
                  tm_port: int = 8000, timeout: float = 10.0,
                  vehicle_filter: str = "vehicle.tesla.model3", seed: int = 0,
-                 town: Optional[str] = None, carla_module: Any = None) -> None:
+                 town: Optional[str] = None, restore_deadline: float = 10.0,
+                 carla_module: Any = None) -> None:
         self.sensors = default_sensors() if sensors is None else tuple(sensors)
         unknown = [s.name for s in self.sensors if s.type not in SENSOR_TYPES]
         if unknown:
@@ -86,6 +114,8 @@ class CarlaWorld(WorldBackend):
         self.host, self.port, self.tm_port = host, int(port), int(tm_port)
         self.tick_seconds, self.timeout = float(tick_seconds), float(timeout)
         self.vehicle_filter, self.town = vehicle_filter, town
+        self.restore_deadline = float(restore_deadline)
+        self._where = "{}:{}".format(host, self.port)
         self._carla = carla_module if carla_module is not None else carla_api.import_carla()
         self.version = carla_api.module_version(self._carla)
         self._spec = WorldSpec(tuple(observation_fields(self.sensors)), tuple(MEASUREMENT_SPEC),
@@ -104,7 +134,12 @@ class CarlaWorld(WorldBackend):
         self._restore_settings = {}  # type: Dict[str, Any]  # field -> original value
         self._tm_sync_set = False
         self._started = False
+        self._needs_rebuild = False  # an actor was lost: the next reset spawns them again
+        self._counters = dict.fromkeys(STAT_NAMES, 0)  # type: Dict[str, int]
         self.frame = None  # type: Optional[int]
+        #: (start, end) time.monotonic() of the last tick's event collection: an event delivered
+        #: before start is in that tick, one delivered after end is not (tests check this).
+        self.events_cutoff = (0.0, 0.0)  # type: Tuple[float, float]
         self._route_length = DEFAULT_ROUTE_LENGTH
         self._route_distance = 0.0
         self._last_location = None  # type: Optional[Tuple[float, float, float]]
@@ -120,6 +155,19 @@ class CarlaWorld(WorldBackend):
     def spec(self) -> WorldSpec:
         return self._spec
 
+    def step_budget(self) -> float:
+        """Seconds a reset or step may take on this side: its tick plus every sensor's data."""
+        return self.timeout
+
+    def stats(self) -> Dict[str, int]:
+        """Counters since construction: late and orphaned events, discarded stale sensor frames,
+        tick and sensor timeouts, lost actors and rebuilds, failed restore attempts."""
+        counters = dict(self._counters)  # the totals of queues already released, plus the live ones
+        counters["discarded_frames"] += sum(q.discarded for _, q in self._data_queues)
+        counters["late_events"] += sum(q.late for _, q in self._event_queues)
+        counters["orphaned_events"] += sum(q.orphaned for _, q in self._event_queues)
+        return counters
+
     def start(self) -> None:
         """Connects, switches the world (and TM) to synchronous mode, spawns the ego and sensors.
 
@@ -132,18 +180,31 @@ class CarlaWorld(WorldBackend):
         """
         if self._started:
             return
+        _LIVE.add(self)  # until stop() has restored everything, the exit hook stops it too
+        doing = "connecting"
         try:
             self._client, self.version = carla_api.connect(self._carla, self.host, self.port,
                                                            self.timeout)
+            doing = "getting the world"
             self._world = self._client.get_world()
             if self.town:
                 self._world = self._load_town(self._world)
+            doing = "downloading the map"
             self._map = self._world.get_map()  # downloads the OpenDRIVE map: once per session
+            doing = "switching to synchronous mode"
             self._enter_synchronous_mode()
+            doing = "spawning the ego vehicle"
             self._spawn_ego()
+            doing = "spawning the sensors"
             self._attach_sensors()
             self._started = True
-            self._advance(reset=True)  # spawned actors and sensors settle on one tick
+            doing = "the first tick"
+            self._advance(reset=True, started=time.monotonic())  # actors and sensors settle
+        except RuntimeError as e:  # libcarla's, from any call above: never let it out raw
+            self.stop()
+            if not carla_api.is_libcarla_error(e):
+                raise
+            raise translate(e, doing, self._where) from e
         except BaseException:
             self.stop()
             raise
@@ -179,17 +240,41 @@ class CarlaWorld(WorldBackend):
             index = self._rng.randrange(len(self._spawn_points))
         self._route_length = route_length
         carla = self._carla
-        self._ego.set_transform(self._spawn_points[index])
-        carla_api.set_still(carla, self._ego)
-        self._ego.apply_control(carla.VehicleControl())
-        return self._advance(reset=True)
+        started = time.monotonic()  # a rebuild counts against the budget too: it is a promise
+        if self._needs_rebuild or not self._actors_alive():
+            self._rebuild()
+        try:
+            with calling("moving the ego to spawn point {}".format(index), self._where):
+                self._ego.set_transform(self._spawn_points[index])
+                carla_api.set_still(carla, self._ego)
+                self._ego.apply_control(carla.VehicleControl())
+            return self._advance(reset=True, started=started)
+        except CarlaActorLostError:
+            self._lost()
+            raise
 
     def step(self, control: VehicleControl) -> Tick:
+        """Applies ``control`` and ticks once, within the step budget (``timeout``).
+
+        Raises:
+            CarlaTimeoutError / SensorTimeoutError: the tick or a sensor's data did not come within
+                the budget; the session survives (the next step skips the late data).
+            CarlaActorLostError: an actor of ours was destroyed from outside; reset rebuilds them.
+        """
         self._require_started("step")
-        self._ego.apply_control(carla_api.vehicle_control(
-            self._carla, control.throttle, control.steer, control.brake, control.hand_brake,
-            control.reverse))
-        return self._advance(reset=False)
+        if self._needs_rebuild:
+            raise CarlaActorLostError("an actor of this session was lost (destroyed by another "
+                                      "client): call reset to spawn the ego and sensors again")
+        started = time.monotonic()
+        try:
+            with calling("applying the control to the ego", self._where):
+                self._ego.apply_control(carla_api.vehicle_control(
+                    self._carla, control.throttle, control.steer, control.brake,
+                    control.hand_brake, control.reverse))
+            return self._advance(reset=False, started=started)
+        except CarlaActorLostError:
+            self._lost()
+            raise
 
     def stop(self) -> None:
         """Stops sensors, destroys every spawned actor, restores the settings start changed.
@@ -198,11 +283,32 @@ class CarlaWorld(WorldBackend):
         so that the remaining steps still run and an error in flight is not masked; an interrupt
         (KeyboardInterrupt) leaves the unfinished steps for the next call.
         """
+        self._release_actors()
+        if self._restore_settings:
+            if self._retry("restoring the world settings {}".format(self._restore_settings),
+                           self._apply_restore):
+                self._restore_settings = {}  # cleared only once it worked: a later stop retries
+        if self._tm_sync_set:
+            if self._tm is None or self._retry(
+                    "switching the Traffic Manager on port {} back to asynchronous mode".format(
+                        self.tm_port), lambda: self._tm.set_synchronous_mode(False)):
+                self._tm_sync_set = False
+        if not self._restore_settings and not self._tm_sync_set:
+            self._tm, self._world, self._client = None, None, None
+            _LIVE.discard(self)
+        self._ego, self._map = None, None
+        self._spawn_points = []
+        self._started = False
+        self._needs_rebuild = False
+        self.frame = None
+
+    def _release_actors(self) -> None:
+        """Stops the sensors and destroys every actor spawned, sensors first; logs failures."""
         while self._listening:
             sensor = self._listening[-1]
             try:
                 sensor.stop()
-            except Exception as e:
+            except Exception as e:  # e.g. destroyed by another client: nothing left to stop
                 logger.warning("could not stop sensor %s: %s", getattr(sensor, "id", "?"), e)
             self._listening.pop()
         if self._actors:
@@ -213,31 +319,57 @@ class CarlaWorld(WorldBackend):
             except Exception as e:
                 logger.error("could not destroy actors %s: %s", [a.id for a in self._actors], e)
             self._actors = []
-        if self._restore_settings:
+        for _, frame_queue in self._data_queues:
+            self._counters["discarded_frames"] += frame_queue.discarded
+        for _, event_queue in self._event_queues:
+            event_queue.close()
+            self._counters["late_events"] += event_queue.late
+            self._counters["orphaned_events"] += event_queue.orphaned
+        self._data_queues, self._event_queues = [], []
+
+    def _apply_restore(self) -> None:
+        settings = self._world.get_settings()
+        for field, value in self._restore_settings.items():
+            setattr(settings, field, value)
+        self._world.apply_settings(settings)
+
+    def _retry(self, what: str, action: Any) -> bool:
+        """Runs ``action`` until it succeeds, with back-off, for up to ``restore_deadline`` s.
+
+        Returns False (after logging the exact command that unfreezes the server) if it never did.
+        An interrupt (KeyboardInterrupt) propagates: the record stays for the next ``stop``.
+        """
+        deadline = time.monotonic() + self.restore_deadline
+        backoff = _RESTORE_FIRST_BACKOFF
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                settings = self._world.get_settings()
-                for field, value in self._restore_settings.items():
-                    setattr(settings, field, value)
-                self._world.apply_settings(settings)
+                action()
             except Exception as e:
-                logger.error(
-                    "could not restore the CARLA world settings %s at %s:%d (%s): the server may "
-                    "stay in synchronous mode and wait for ticks forever; restart it or run "
-                    "`python PythonAPI/util/config.py --no-sync`", self._restore_settings,
-                    self.host, self.port, e)
-            self._restore_settings = {}
-        if self._tm_sync_set:
-            try:
-                if self._tm is not None:
-                    self._tm.set_synchronous_mode(False)
-            except Exception as e:
-                logger.error("could not switch the Traffic Manager on port %d back to asynchronous "
-                             "mode: %s", self.tm_port, e)
-            self._tm_sync_set = False
-        self._ego, self._tm, self._map, self._world, self._client = None, None, None, None, None
-        self._data_queues, self._event_queues, self._spawn_points = [], [], []
-        self._started = False
-        self.frame = None
+                self._counters["restore_failures"] += 1
+                if time.monotonic() + backoff > deadline:
+                    logger.critical(
+                        "GAVE UP %s on the CARLA server at %s after %d attempt(s) in %.1f s (last "
+                        "error: %s). The server stays in synchronous mode and waits for a tick that "
+                        "no one sends: every client sees a frozen world. Unfreeze it with\n    %s\n"
+                        "(or CARLA's `python PythonAPI/util/config.py --host %s --port %d "
+                        "--no-sync`), or restart the server. close() and the exit hook try again.",
+                        what, self._where, attempt, self.restore_deadline, e,
+                        self._unfreeze_command(), self.host, self.port)
+                    return False
+                logger.warning("%s failed (attempt %d: %s); retrying in %.1f s", what, attempt, e,
+                               backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _RESTORE_MAX_BACKOFF)
+            else:
+                if attempt > 1:
+                    logger.info("%s succeeded on attempt %d", what, attempt)
+                return True
+
+    def _unfreeze_command(self) -> str:
+        return unfreeze_command(self.host, self.port, self.tm_port if self._tm_sync_set else None,
+                                self._restore_settings.get("fixed_delta_seconds", "keep"))
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -281,15 +413,23 @@ class CarlaWorld(WorldBackend):
                            settings.max_substep_delta_time, settings.max_substeps)
         if not changed:
             return
-        self._restore_settings = changed  # before applying: a timed-out apply may still land
         if "synchronous_mode" in changed:
             # only the client that made the world synchronous owns the TM's mode
             # (generate_traffic.py's synchronous_master)
-            self._tm_sync_set = True
-            self._tm = self._client.get_trafficmanager(self.tm_port)
+            try:
+                self._tm = self._client.get_trafficmanager(self.tm_port)
+            except RuntimeError as e:
+                if "bind" not in str(e).lower():
+                    raise
+                raise CarlaSetupError(
+                    "the Traffic Manager cannot listen on port {} ({}): another process holds it "
+                    "(another client's Traffic Manager, or a carla_client still running); pass a "
+                    "free --tm-port".format(self.tm_port, e)) from e
+            self._tm_sync_set = True  # before the call: a timed-out switch may still land
             self._tm.set_synchronous_mode(True)
         for field in changed:
             setattr(settings, field, wanted[field])
+        self._restore_settings = changed  # before applying: a timed-out apply may still land
         self._world.apply_settings(settings)
 
     def _spawn_ego(self) -> None:
@@ -325,9 +465,14 @@ class CarlaWorld(WorldBackend):
                 place = carla_api.transform(carla, config.x, config.y, config.z, config.pitch,
                                             config.yaw, config.roll)
                 actor = self._world.spawn_actor(blueprint, place, attach_to=self._ego)
-            except (IndexError, RuntimeError) as e:
+            except IndexError as e:
                 raise CarlaSetupError("cannot spawn sensor {!r} ({}): {}".format(
                     config.name, config.type, e)) from e
+            except RuntimeError as e:
+                if not carla_api.is_libcarla_error(e):
+                    raise
+                raise translate(e, "spawning sensor {!r} ({})".format(config.name, config.type),
+                                self._where) from e
             self._actors.append(actor)  # tracked at once: a later failure still destroys it
             if config.is_event:
                 event_queue = EventQueue(config)
@@ -346,22 +491,88 @@ class CarlaWorld(WorldBackend):
             raise BridgeError("CarlaWorld.{}() called outside a session: call start() first".format(
                 what))
 
-    def _advance(self, reset: bool) -> Tick:
-        """Ticks once and gathers that frame's sensor data, events and measurements."""
-        frame = carla_api.tick(self._world, self.timeout, "{}:{}".format(self.host, self.port))
+    def _actors_alive(self) -> bool:
+        try:
+            return all(getattr(actor, "is_alive", True) for actor in self._actors)
+        except RuntimeError:
+            return False
+
+    def _lost(self) -> None:
+        self._needs_rebuild = True
+        self._counters["actors_lost"] += 1
+
+    def _rebuild(self) -> None:
+        """Destroys what is left of the session's actors and spawns the ego and sensors again."""
+        logger.warning("actors of this session were destroyed from outside: spawning the ego and "
+                       "its sensors again")
+        self._release_actors()
+        self._ego = None
+        doing = "spawning the ego vehicle again"
+        try:
+            self._spawn_ego()
+            doing = "spawning the sensors again"
+            self._attach_sensors()
+        except RuntimeError as e:
+            if not carla_api.is_libcarla_error(e):
+                raise
+            raise translate(e, doing, self._where) from e
+        self._needs_rebuild = False
+        self._counters["rebuilds"] += 1
+
+    def _advance(self, reset: bool, started: float) -> Tick:
+        """Ticks once and gathers that frame's sensor data, measurements and events.
+
+        The tick and the sensors share one budget, ``timeout`` seconds from ``started``.
+        """
+        deadline = started + self.timeout
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:  # raise before ticking: a tick that times out may still happen
+                raise CarlaTimeoutError(
+                    "the step budget of {:g} s at {} was used up before the tick (applying the "
+                    "control or respawning actors took {:.1f} s): is the server overloaded "
+                    "(raise --carla-timeout)?".format(self.timeout, self._where,
+                                                      time.monotonic() - started))
+            frame = carla_api.tick(self._world, remaining, self._where)
+        except CarlaTimeoutError:
+            self._counters["tick_timeouts"] += 1
+            raise
         self.frame = frame
-        deadline = time.monotonic() + self.timeout
-        observation = {config.name: to_observation(config, frame_queue.get(frame, deadline))
-                       for config, frame_queue in self._data_queues}
+        observation = {}
+        for config, frame_queue in self._data_queues:
+            try:
+                data = frame_queue.get(frame, deadline)
+            except SensorTimeoutError as e:
+                self._counters["sensor_timeouts"] += 1
+                if not self._actors_alive():  # silent because another client destroyed it
+                    raise CarlaActorLostError(
+                        "sensor {!r} delivered nothing for frame {} at {} because an actor of ours "
+                        "is gone (destroyed by another client): this episode is over; the next "
+                        "reset spawns the ego and its sensors again".format(
+                            config.name, frame, self._where)) from e
+                raise
+            observation[config.name] = to_observation(config, data)
+        with calling("reading the ego's state", self._where):
+            sim_time = float(self._world.get_snapshot().timestamp.elapsed_seconds)
+            measurements = self._measure(reset)
+        # Events last: whatever was delivered before this point belongs in this tick.
         events = []  # type: List[Dict[str, Any]]
+        cutoff_start = time.monotonic()
         for config, event_queue in self._event_queues:
             if reset:  # the previous episode's events and the teleport's own belong to no one
                 event_queue.discard_through(frame)
             else:
-                events.extend(to_event(config, e) for e in event_queue.collect(frame))
+                for event, late in event_queue.collect(frame):
+                    record = to_event(config, event)
+                    record["late"] = late
+                    events.append(record)
+        self.events_cutoff = (cutoff_start, time.monotonic())
+        late_events = sum(1 for e in events if e["late"])
+        if late_events:
+            logger.info("%d event(s) of earlier frames reported late in frame %d: %s", late_events,
+                        frame, [(e["type"], e["frame"]) for e in events if e["late"]])
         events.sort(key=lambda e: e["frame"])
-        sim_time = float(self._world.get_snapshot().timestamp.elapsed_seconds)
-        return Tick(frame, sim_time, observation, self._measure(reset), events)
+        return Tick(frame, sim_time, observation, measurements, events)
 
     def _measure(self, reset: bool) -> Dict[str, Any]:
         """MEASUREMENT_SPEC's values from the ego's state and the lane under it.

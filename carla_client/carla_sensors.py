@@ -9,7 +9,7 @@ import logging
 import math
 import queue
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -128,10 +128,16 @@ class FrameQueue(object):
 class EventQueue(object):
     """One event sensor's queue (collision, lane invasion): events fire on some frames only.
 
-    ``collect(frame)`` returns the events not yet handed out whose frame is at most ``frame`` (an
-    event of an earlier frame that arrived late still reaches the trainer, once), keeps events of
-    later frames, and drops everything at or before the frame given to ``discard_through`` (the
-    previous episode and the reset teleport).
+    CARLA streams events like any sensor data, on its own threads and possibly after later frames'
+    data, and nothing marks "no event this frame", so events are never waited for. The rule
+    (docs/carla_backend.md, "Event attribution"):
+
+    - ``collect(frame)`` hands out, once, every event delivered so far whose frame is at most
+      ``frame``, each with ``late=True`` if its frame is earlier (it missed its own tick). Events of
+      later frames are kept.
+    - ``discard_through(frame)`` (a reset's tick) ends the episode: events of frames up to
+      ``frame`` (the old episode's unreported ones and the teleport's own) are orphans: counted,
+      logged, never handed out. So is anything of those frames that arrives afterwards.
     """
 
     def __init__(self, config: SensorConfig) -> None:
@@ -139,6 +145,8 @@ class EventQueue(object):
         self._queue = queue.Queue()  # type: queue.Queue
         self._pending = []  # type: List[Any]
         self._floor = -1
+        self.late = 0
+        self.orphaned = 0
 
     def put(self, event: Any) -> None:
         self._queue.put(event)
@@ -146,21 +154,47 @@ class EventQueue(object):
     def _drain(self) -> None:
         while True:
             try:
-                self._pending.append(self._queue.get_nowait())
+                event = self._queue.get_nowait()
             except queue.Empty:
                 return
+            if int(event.frame) <= self._floor:
+                self._orphan([event], "arrived after the episode ended at frame {}".format(
+                    self._floor))
+            else:
+                self._pending.append(event)
 
-    def collect(self, frame: int) -> List[Any]:
+    def _orphan(self, events: List[Any], why: str) -> None:
+        if events:
+            self.orphaned += len(events)
+            logger.warning("sensor %r: %d event(s) of frame(s) %s %s: counted, not attributed to "
+                           "any episode", self.config.name, len(events),
+                           sorted(int(e.frame) for e in events), why)
+
+    def collect(self, frame: int) -> List[Tuple[Any, bool]]:
+        """(event, late) pairs for the events due at ``frame``, oldest frame first."""
         self._drain()
-        due = [e for e in self._pending if self._floor < int(e.frame) <= frame]
+        due = sorted((e for e in self._pending if int(e.frame) <= frame), key=lambda e: int(e.frame))
         self._pending = [e for e in self._pending if int(e.frame) > frame]
-        due.sort(key=lambda e: int(e.frame))
-        return due
+        result = [(e, int(e.frame) < frame) for e in due]
+        self.late += sum(1 for _, late in result if late)
+        return result
 
-    def discard_through(self, frame: int) -> None:
-        self._drain()
+    def discard_through(self, frame: int) -> int:
+        """Ends the episode at ``frame``; returns how many events were orphaned now."""
+        before = self.orphaned
         self._floor = max(self._floor, frame)
+        self._drain()
+        stale = [e for e in self._pending if int(e.frame) <= frame]
         self._pending = [e for e in self._pending if int(e.frame) > frame]
+        self._orphan(stale, "were not reported before the reset at frame {}".format(frame))
+        return self.orphaned - before
+
+    def close(self) -> int:
+        """The session ends: whatever is still pending is orphaned; returns how many."""
+        self._drain()
+        stale, self._pending = self._pending, []
+        self._orphan(stale, "were not reported before the session ended")
+        return len(stale)
 
 
 def _bgra(config: SensorConfig, image: Any) -> np.ndarray:

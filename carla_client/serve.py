@@ -29,8 +29,13 @@ class WorldSessionHandler(SessionHandler):
         self._last_frame = None  # type: Optional[int]
 
     def describe(self) -> Dict[str, Any]:
-        return {"name": self.backend.name, "version": self.backend.version,
-                "spec": self.backend.spec(), "snapshot": bool(self.backend.supports_snapshot)}
+        description = {"name": self.backend.name, "version": self.backend.version,
+                       "spec": self.backend.spec(),
+                       "snapshot": bool(self.backend.supports_snapshot)}  # type: Dict[str, Any]
+        budget = self.backend.step_budget()
+        if budget is not None:
+            description["step_budget_seconds"] = float(budget)
+        return description
 
     def open_session(self) -> None:
         self.backend.start()
@@ -55,6 +60,9 @@ class WorldSessionHandler(SessionHandler):
     def close_session(self) -> None:
         self._last_frame = None
         self.backend.stop()
+        stats = {k: v for k, v in self.backend.stats().items() if v}
+        if stats:
+            logger.info("%s world so far: %s", self.backend.name, _format_stats(stats))
 
     def _reply(self, tick: Tick) -> Dict[str, Any]:
         self._last_frame = tick.frame
@@ -66,6 +74,11 @@ class WorldSessionHandler(SessionHandler):
         self._ticks += 1
         elapsed = time.monotonic() - self._window_start
         if elapsed >= self.log_every:
-            logger.info("%.1f ticks/s over the last %.0f s (frame %s)", self._ticks / elapsed,
-                        elapsed, self._last_frame)
+            stats = {k: v for k, v in self.backend.stats().items() if v}
+            logger.info("%.1f ticks/s over the last %.0f s (frame %s)%s", self._ticks / elapsed,
+                        elapsed, self._last_frame, "; " + _format_stats(stats) if stats else "")
             self._ticks, self._window_start = 0, time.monotonic()
+
+
+def _format_stats(stats: Dict[str, int]) -> str:
+    return ", ".join("{} {}".format(k.replace("_", " "), v) for k, v in sorted(stats.items()))

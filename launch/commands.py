@@ -99,27 +99,10 @@ def tensorboard_argv(config: LaunchConfig, trainer_python: str, logdir: Path, po
             "--port", str(port), "--reload_interval", f"{tb.reload_interval:g}", *tb.extra_args]
 
 
-# Under the sim's interpreter (down to 3.6): switch a CARLA world (and its Traffic Manager) back to
-# asynchronous mode. carla_client restores what it changed when stopped, but a client killed with
-# SIGKILL cannot, and its restarted successor finds the world synchronous and leaves it so.
-_RESTORE_ASYNC = r"""
-import sys
-import carla
-client = carla.Client(sys.argv[1], int(sys.argv[2]))
-client.set_timeout(10.0)
-world = client.get_world()
-settings = world.get_settings()
-if settings.synchronous_mode:
-    settings.synchronous_mode = False
-    settings.fixed_delta_seconds = None
-    world.apply_settings(settings)
-    client.get_trafficmanager(int(sys.argv[3])).set_synchronous_mode(False)
-    print("switched back to asynchronous mode")
-else:
-    print("already asynchronous")
-"""
-
-
 def restore_async_argv(sim_python: str, host: str, port: int, tm_port: int) -> list[str]:
-    """``<sim python> -c ... HOST PORT TM_PORT``: leaves a CARLA server asynchronous (so it cannot freeze)."""
-    return [sim_python, "-c", _RESTORE_ASYNC, host, str(port), str(tm_port)]
+    """``<sim python> -m carla_client.unfreeze ...``: leaves a CARLA server asynchronous (so it
+    cannot freeze) with a variable time step, its Traffic Manager too; a no-op if it is not
+    synchronous. carla_client restores what it changed when stopped, but a client killed with
+    SIGKILL cannot, and its restarted successor finds the world synchronous and leaves it so."""
+    return [sim_python, "-m", "carla_client.unfreeze", "--host", host, "--port", str(port),
+            "--tm-port", str(tm_port), "--fixed-delta-seconds", "none"]

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from launch import commands
 from launch.config import LaunchConfig, find_input, resolve_interpreters
-from launch.interpreters import SETUP_HINT
+from launch.interpreters import SETUP_HINT, read_envs
 from launch.procs import (ManagedProcess, NotReady, any_free_port, describe_exit, first_free_port,
                           port_is_free, wait_bridge, wait_tcp)
 
@@ -108,6 +108,34 @@ def check_packages(side: str, python: str, modules: tuple[str, ...], fix: str) -
                         "PythonAPI/carla/dist of your CARLA release; `pip install carla==0.9.16` on "
                         "3.10-3.12) or use world=builtin")
             rows.append(Row(FAIL, f"{side}: import {name}", result.get("error", ""), hint))
+    return rows
+
+
+def check_carla_clients(interpreters: list[tuple[str, str]], need_carla: str | None) -> list[Row]:
+    """One row per (label, python): the CARLA client version that interpreter imports, if any.
+
+    Only ``need_carla`` (the sim side's label when world=carla) fails without one; elsewhere a
+    missing client is information (the built-in world needs none).
+    """
+    rows = []
+    for label, python in interpreters:
+        check = f"{label}: CARLA client"
+        code, out = _run([python, "-m", "carla_client.client_version"], 120)
+        try:
+            found = json.loads(out.splitlines()[-1]) if code == 0 else None
+        except (ValueError, IndexError):
+            found = None
+        if not isinstance(found, dict):
+            rows.append(Row(WARN, check, f"the version probe failed: {out[-300:]}", SETUP_HINT))
+        elif found.get("carla"):
+            rows.append(Row(OK, check, f"carla {found['carla']} (Python {found.get('python')})"))
+        else:
+            status = FAIL if label == need_carla else OK
+            rows.append(Row(status, check, f"none (Python {found.get('python')}): "
+                            f"{found.get('error', 'carla does not import')}",
+                            "`pip install carla==0.9.16` on Python 3.10-3.12, `carla==0.9.15` on "
+                            "3.7 (`python3 scripts/setup_envs.py --with-carla-sim` builds "
+                            ".venvs/sim-3.7 with it)"))
     return rows
 
 
@@ -255,6 +283,12 @@ def diagnose(config: LaunchConfig, launcher_python: str, ping: bool = True) -> l
     if trainer_runs:
         rows += check_packages("trainer", trainer, TRAINER_MODULES,
                                SETUP_HINT + " (the trainer venv has the [train] extra)")
+    probed = [("sim", sim)] if sim_runs else []
+    probed += [("trainer", trainer)] if trainer_runs else []
+    extra = read_envs().get("carla_sim_python")
+    if extra and os.access(extra, os.X_OK) and extra not in (sim, trainer):
+        probed.append(("CARLA sim venv", extra))
+    rows += check_carla_clients(probed, "sim" if config.world_kind == "carla" else None)
     rows += check_ports(config)
     rows += check_carla(config, sim if sim_runs else None, sim_has_carla)
     if ping:

@@ -26,6 +26,11 @@ from launch.interpreters import REPO_ROOT
 log = logging.getLogger("launch")
 
 POSIX = os.name == "posix"
+#: ``send(KILL)`` ends a process for good: SIGKILL on POSIX, TerminateProcess on Windows (which has
+#: no SIGKILL; there every other stop request is a CTRL_BREAK_EVENT the child can handle).
+KILL = getattr(signal, "SIGKILL", -9)
+#: Windows' Ctrl-Break for a process group (a child Python sees it as SIGBREAK).
+CTRL_BREAK_EVENT = getattr(signal, "CTRL_BREAK_EVENT", 1)
 #: how long each readiness probe waits before checking again whether its process still lives.
 PROBE_SECONDS = 0.25
 
@@ -155,11 +160,14 @@ class ManagedProcess:
         if self.proc is None:
             return
         try:
-            if not POSIX:  # Windows: Ctrl-Break for SIGINT, TerminateProcess for the rest
-                if sig == signal.SIGINT:
-                    self.proc.send_signal(signal.CTRL_BREAK_EVENT)
-                else:
+            if not POSIX:
+                # Windows: TerminateProcess only for KILL. A carla_client must restore the CARLA
+                # world before it exits, so SIGTERM and SIGINT both become Ctrl-Break, which the
+                # child handles (SIGBREAK) like SIGTERM; stop() waits before it resorts to KILL.
+                if sig == KILL:
                     self.proc.terminate()
+                elif self.proc.poll() is None:
+                    self.proc.send_signal(CTRL_BREAK_EVENT)
             elif group:
                 os.killpg(self.proc.pid, sig)
             elif self.proc.poll() is None:
@@ -215,11 +223,11 @@ class ManagedProcess:
                     self.wait(min(timeout, 5.0), should_hurry)
                 if self.proc.poll() is None:
                     log.warning("%s: still running; killing it (SIGKILL)", self.name)
-                    self.send(getattr(signal, "SIGKILL", signal.SIGTERM), group=True)
+                    self.send(KILL, group=True)
                     self.proc.wait(10)  # the kernel delivers SIGKILL; nothing can block it
         self.report_exit()
         if POSIX:
-            self.send(signal.SIGKILL, group=True)  # stragglers in its process group
+            self.send(KILL, group=True)  # stragglers in its process group
         return self.proc.returncode
 
     def read_log(self, this_start_only: bool = False) -> str:

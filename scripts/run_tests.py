@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Run the whole test suite: set up the venvs if needed, then pytest under both interpreters.
+"""Run the whole test suite: set up the venvs if needed, then pytest under three interpreters.
 
     python3 scripts/run_tests.py [pytest args...]
 
-1. scripts/setup_envs.py (a fast no-op when the venvs are up to date).
+1. scripts/setup_envs.py --with-carla-sim (a fast no-op when the venvs are up to date).
 2. The sim side's run: tests/both/ and tests/sim/ under the sim venv's Python (e.g. 3.6).
    Collecting no test here is fine (exit 5 counts as success).
-3. The main run: tests/ (minus tests/sim/) under the trainer venv's Python 3.11. Collecting no test
-   here is a failure.
+3. The CARLA client run: tests/carla/ (the CARLA backend's whole suite) under .venvs/sim-3.7's
+   Python 3.7 with the real carla 0.9.15 client, the pairing most CARLA 0.9.10-0.9.15 users run.
+   Collecting no test here is fine.
+4. The main run: tests/ (minus tests/sim/) under the trainer venv's Python 3.11, which runs
+   tests/carla/ again with carla 0.9.16. Collecting no test here is a failure.
 
-Extra arguments go to both pytest runs. Exits non-zero if setup or either run fails. Under CI=true a
-missing sim interpreter is a failure, not a skip. Runs on any python3 >= 3.8.
+Extra arguments go to every pytest run. Exits non-zero if setup or any run fails. Under CI=true a
+missing sim or CARLA-client interpreter is a failure, not a skip. Runs on any python3 >= 3.8.
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP_SCRIPT = os.path.join(REPO_ROOT, "scripts", "setup_envs.py")
 BOTH_DIR = os.path.join("tests", "both")
 SIM_DIR = os.path.join("tests", "sim")
+CARLA_DIR = os.path.join("tests", "carla")
 PYTEST_NO_TESTS = 5
 # A backstop per pytest run, far above the per-test pytest-timeout, below CI's 90 minutes.
 DEFAULT_RUN_TIMEOUT = 35 * 60
@@ -84,6 +88,15 @@ def read_junit(path):
     return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
 
 
+def missing_interpreter(label, problem, consequence):
+    """A run whose interpreter is missing: a failed result under CI=true, else a warning (no result)."""
+    if is_ci():
+        log("FAILED: %s: %s (CI=true)" % (label, problem))
+        return [(label, False, None)]
+    log("WARNING: %s: %s; %s" % (label, problem, consequence))
+    return []
+
+
 def split_paths(pytest_args):
     """Separates test paths (tests/x.py, tests/x.py::test_y) from the other pytest arguments."""
     paths, options = [], []
@@ -103,7 +116,8 @@ def parse_args(argv):
                                 usage="%(prog)s [options] [pytest args...]")
     p.add_argument("--no-setup", action="store_true", help="skip scripts/setup_envs.py")
     p.add_argument("--venv-dir", metavar="DIR", help="passed to setup_envs.py (default: .venvs)")
-    p.add_argument("--skip-sim", action="store_true", help="skip the run under the sim interpreter")
+    p.add_argument("--skip-sim", action="store_true",
+                   help="skip the runs under the sim and CARLA-client interpreters")
     p.add_argument("--run-timeout", type=int, default=DEFAULT_RUN_TIMEOUT, metavar="S",
                    help="interrupt a pytest run after S seconds (default: %d)" % DEFAULT_RUN_TIMEOUT)
     return p.parse_known_args(argv)
@@ -117,7 +131,7 @@ def main(argv=None):
     envs_json = os.path.join(venv_dir, "envs.json")
 
     if not args.no_setup:
-        cmd = [sys.executable, SETUP_SCRIPT, "--venv-dir", venv_dir]
+        cmd = [sys.executable, SETUP_SCRIPT, "--venv-dir", venv_dir, "--with-carla-sim"]
         if subprocess.call(cmd, cwd=REPO_ROOT) != 0:
             log("FAILED: scripts/setup_envs.py (see its errors above)")
             return 1
@@ -137,12 +151,8 @@ def main(argv=None):
     if args.skip_sim:
         log("sim run: skipped (--skip-sim)")
     elif not sim_python or not os.path.exists(sim_python):
-        msg = "sim run: no sim interpreter recorded in %s" % envs_json
-        if is_ci():
-            log("FAILED: " + msg + " (CI=true)")
-            results.append(("sim", False, None))
-        else:
-            log("WARNING: " + msg + "; cross-version tests will be skipped too")
+        results += missing_interpreter("sim run", "no sim interpreter recorded in %s" % envs_json,
+                                       "cross-version tests will be skipped too")
     else:
         if explicit_paths:
             paths = [p for p in explicit_paths if under(p, BOTH_DIR) or under(p, SIM_DIR)]
@@ -154,6 +164,23 @@ def main(argv=None):
         else:
             rc, counts = run_pytest(label, sim_python, paths, pytest_args, env, args.run_timeout)
             results.append((label, rc in (0, PYTEST_NO_TESTS), counts))
+
+    carla_python = envs.get("carla_sim_python")
+    carla_label = "CARLA client run (Python %s, carla %s)" % (envs.get("carla_sim_version", "?"),
+                                                             envs.get("carla_sim_carla", "?"))
+    carla_paths = ([p for p in explicit_paths if under(p, CARLA_DIR)] if explicit_paths
+                   else [CARLA_DIR] if os.path.isdir(os.path.join(REPO_ROOT, CARLA_DIR)) else [])
+    if args.skip_sim:
+        log("CARLA client run: skipped (--skip-sim)")
+    elif not carla_paths:
+        log("CARLA client run: nothing to run (no tests under %s selected)" % CARLA_DIR)
+    elif not carla_python or not os.path.exists(carla_python):
+        results += missing_interpreter("CARLA client run", "no carla_sim_python recorded in %s"
+                                       % envs_json, "the CARLA backend is tested with carla 0.9.16 only")
+    else:
+        rc, counts = run_pytest(carla_label, carla_python, carla_paths, pytest_args, env,
+                                args.run_timeout)
+        results.append((carla_label, rc in (0, PYTEST_NO_TESTS), counts))
 
     trainer_python = envs.get("trainer_python")
     label = "main run (Python %s)" % envs.get("trainer_version", "?")

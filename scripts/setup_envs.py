@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Build (or confirm) the project's two virtualenvs: the sim side's (e.g. Python 3.6) and the trainer's (3.11).
+"""Build (or confirm) the project's virtualenvs: the sim side's (e.g. Python 3.6) and the trainer's (3.11).
 
     python3 scripts/setup_envs.py                 # both, under .venvs/ (a fast no-op when up to date)
+    python3 scripts/setup_envs.py --with-carla-sim   # plus the CARLA 0.9.15 client venv on Python 3.7
     python3 scripts/setup_envs.py --sim-python 3.8 --venv-dir /tmp/v --only sim
 
 Layout (default --venv-dir .venvs):
     .venvs/sim-<X.Y>/   pyzmq, msgpack, numpy pinned for that interpreter, `pip install -e .[test]`
+    .venvs/sim-3.7/     (--with-carla-sim) Python 3.7, `pip install -e .[test,carla]`: the real
+                        `carla==0.9.15` client most CARLA 0.9.10-0.9.15 users run; the CARLA backend's
+                        tests run here too (scripts/run_tests.py)
     .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,test]` (torch pinned to 2.13.0)
-    .venvs/envs.json    {"sim_python": ..., "trainer_python": ..., ...}: read by tests/ and the launcher
+    .venvs/envs.json    {"sim_python": ..., "trainer_python": ..., "carla_sim_python": ..., ...}: read by
+                        tests/ and the launcher
 
 Each venv carries a stamp: a hash of setup.cfg, setup.py, pyproject.toml, the constraints file used,
 the bootstrap pins and the base interpreter. When the stamp matches, nothing is run through pip.
@@ -39,8 +44,12 @@ STAMP_SCHEMA = 1
 
 SIM_EXTRAS = "test"
 TRAINER_EXTRAS = "train,carla,test"
+CARLA_SIM_EXTRAS = "test,carla"
 DEFAULT_SIM_VERSION = "3.6"
 DEFAULT_TRAINER_VERSION = "3.11"
+#: the interpreter CARLA 0.9.10-0.9.15's client wheels are built for; setup.cfg's [carla] extra
+#: installs carla==0.9.15 there.
+DEFAULT_CARLA_SIM_VERSION = "3.7"
 
 # pip/setuptools/wheel for interpreters whose bundled ones are too old. On 3.6: pip 21.3.1 is the last
 # release and the first that installs the pinned wheels cleanly; setuptools 59.6.0 and wheel 0.37.1
@@ -111,14 +120,28 @@ def resolve_interpreter(spec):
     return os.path.abspath(path) if path else None
 
 
+def choose_python(cli_value, option, env_var, default_version):
+    """``option``'s value, else ``$env_var``, else Python ``default_version`` from pyenv or PATH.
+
+    Returns (interpreter path or None, a sentence saying where it came from).
+    """
+    if cli_value:
+        return resolve_interpreter(cli_value), "%s %s" % (option, cli_value)
+    env_value = os.environ.get(env_var)
+    if env_value:
+        return resolve_interpreter(env_value), "$%s=%s" % (env_var, env_value)
+    return find_by_version(default_version), "pyenv / PATH lookup of Python " + default_version
+
+
 def choose_sim_python(cli_value):
     """--sim-python, else $CZB_SIM_PYTHON, else Python 3.6 from pyenv (or python3.6 on PATH)."""
-    if cli_value:
-        return resolve_interpreter(cli_value), "--sim-python " + cli_value
-    env_value = os.environ.get("CZB_SIM_PYTHON")
-    if env_value:
-        return resolve_interpreter(env_value), "$CZB_SIM_PYTHON=" + env_value
-    return find_by_version(DEFAULT_SIM_VERSION), "pyenv / PATH lookup of Python " + DEFAULT_SIM_VERSION
+    return choose_python(cli_value, "--sim-python", "CZB_SIM_PYTHON", DEFAULT_SIM_VERSION)
+
+
+def choose_carla_sim_python(cli_value):
+    """--carla-sim-python, else $CZB_CARLA_SIM_PYTHON, else Python 3.7 from pyenv or PATH."""
+    return choose_python(cli_value, "--carla-sim-python", "CZB_CARLA_SIM_PYTHON",
+                         DEFAULT_CARLA_SIM_VERSION)
 
 
 def choose_trainer_python(cli_value):
@@ -372,13 +395,57 @@ def parse_args(argv):
     p.add_argument("--venv-dir", metavar="DIR", default=DEFAULT_VENV_DIR,
                    help="where the venvs and envs.json go (default: %s)"
                         % os.path.relpath(DEFAULT_VENV_DIR, os.getcwd()))
-    p.add_argument("--only", choices=("sim", "trainer"), help="build just one of the two venvs")
+    p.add_argument("--carla-sim-python", metavar="PATH|X.Y",
+                   help="interpreter for the CARLA client venv built by --with-carla-sim (default: "
+                        "$CZB_CARLA_SIM_PYTHON, else Python %s from pyenv or PATH)"
+                        % DEFAULT_CARLA_SIM_VERSION)
+    p.add_argument("--with-carla-sim", action="store_true",
+                   help="also build the sim venv with the real CARLA client (carla==0.9.15 on Python "
+                        "%s) that the CARLA backend's tests run under; scripts/run_tests.py asks for it"
+                        % DEFAULT_CARLA_SIM_VERSION)
+    p.add_argument("--only", choices=("sim", "trainer", "carla-sim"),
+                   help="build just one venv")
     p.add_argument("--force", action="store_true", help="delete and rebuild the venvs")
     p.add_argument("--update-constraints", action="store_true",
                    help="install without requirements/constraints-py*.txt, then rewrite them from the "
                         "result (add --force to start from empty venvs and take the newest releases)")
     p.add_argument("-v", "--verbose", action="store_true", help="show pip's output, not just its log")
     return p.parse_args(argv)
+
+
+def build_carla_sim(args, venv_root):
+    """Builds .venvs/sim-3.7 with the real carla==0.9.15 client; returns the failures to report.
+
+    Outside CI a missing interpreter or a failed build is a warning (the CARLA backend's 3.7 test
+    run is then skipped, visibly); under CI=true both are failures.
+    """
+    base, source = choose_carla_sim_python(args.carla_sim_python)
+    version = interpreter_version(base) if base else None
+    problem = None
+    if version is None:
+        problem = ("no interpreter for the CARLA client venv found (%s): install Python %s (e.g. "
+                   "`pyenv install %s.16`) or pass --carla-sim-python PATH"
+                   % (source, DEFAULT_CARLA_SIM_VERSION, DEFAULT_CARLA_SIM_VERSION))
+    else:
+        try:
+            py, ver = ensure_venv("sim-%d.%d" % version[:2], base, CARLA_SIM_EXTRAS, venv_root,
+                                  args.force, args.update_constraints, args.verbose)
+            carla_version = subprocess.run(
+                [py, "-m", "pip", "show", "carla"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                timeout=120).stdout.decode()
+            match = re.search(r"^Version:\s*(\S+)", carla_version, re.M)
+            write_envs_json(venv_root, {"carla_sim_python": py,
+                                        "carla_sim_version": ".".join(map(str, ver)),
+                                        "carla_sim_carla": match.group(1) if match else "unknown"})
+        except (StepFailed, OSError, subprocess.SubprocessError) as e:
+            problem = "CARLA client venv: %s" % e
+    if problem is None:
+        return []
+    if is_ci() or args.only == "carla-sim" or args.carla_sim_python:
+        return [problem]
+    log("WARNING: " + problem + ". The CARLA backend's tests under the real carla 0.9.15 client "
+        "will be skipped.")
+    return []
 
 
 def main(argv=None):
@@ -403,12 +470,18 @@ def main(argv=None):
                     failures.append("sim interpreter %s (%s) is not Python >= 3.6" % (base, source))
                 else:
                     try:
-                        py, ver = ensure_venv("sim-%d.%d" % version[:2], base, SIM_EXTRAS, venv_root,
+                        # a sim side on 3.7 shares .venvs/sim-3.7 with the CARLA client venv:
+                        # one set of extras for both, or each build would undo the other's
+                        extras = (CARLA_SIM_EXTRAS if "%d.%d" % version[:2] == DEFAULT_CARLA_SIM_VERSION
+                                  else SIM_EXTRAS)
+                        py, ver = ensure_venv("sim-%d.%d" % version[:2], base, extras, venv_root,
                                               args.force, args.update_constraints, args.verbose)
                         write_envs_json(venv_root, {"sim_python": py,
                                                     "sim_version": ".".join(map(str, ver))})
                     except StepFailed as e:
                         failures.append("sim venv: %s" % e)
+        if args.only == "carla-sim" or (args.only is None and args.with_carla_sim):
+            failures += build_carla_sim(args, venv_root)
         if args.only in (None, "trainer"):
             base, source = choose_trainer_python(args.trainer_python)
             version = interpreter_version(base) if base else None

@@ -185,6 +185,10 @@ class Client(object):
         note("client", host, port)
     def set_timeout(self, seconds):
         pass
+    def get_server_version(self):
+        return "0.9.15"
+    def get_client_version(self):
+        return "0.9.15"
     def get_world(self):
         return _World()
     def get_trafficmanager(self, port):
@@ -196,7 +200,8 @@ def test_restoring_async_mode_after_a_crash_runs_under_the_sim_python(tmp_path, 
     (tmp_path / "carla.py").write_text(FAKE_CARLA)
     log = tmp_path / "calls.jsonl"
     argv = commands.restore_async_argv(sim_python, "10.0.0.5", 2003, 8001)
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), FAKE_CARLA_LOG=str(log))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
+               FAKE_CARLA_LOG=str(log))
     out = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
                          text=True)
     assert out.returncode == 0, out.stdout
