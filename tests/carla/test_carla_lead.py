@@ -9,7 +9,7 @@ import pytest
 from bridge.schema import LEAD_RANGE, VehicleControl
 from carla_client.carla_lead import lane_ahead, lead_vehicle
 from tests import fake_carla
-from tests.test_carla_backend import carla, make_world, server  # noqa: F401 (fixtures)
+from tests.carla.support import make_world
 
 
 def _vehicle(server, x, y=0.0, yaw=0.0, throttle=0.0):
