@@ -38,6 +38,9 @@ class RewardConfig:
             instead of ``target_speed``: the speed at which the gap would close in ``follow_headway``
             seconds, so following at a safe distance earns the full speed term. 0 turns it off.
         follow_gap: the bumper-to-bumper gap, metres, at which that speed is zero (stand behind).
+        overspeed: weight of the extra penalty ``-(v_lane - target) / target_speed`` above the
+            speed term's target (the progress term pays for speed, so without it driving too fast
+            costs little: too fast into an unseen curve, or into the car ahead). 0 turns it off.
     """
 
     progress: float = 1.0
@@ -52,6 +55,7 @@ class RewardConfig:
     max_progress: float = 5.0
     follow_headway: float = 0.0
     follow_gap: float = 4.0
+    overspeed: float = 0.0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "RewardConfig":
@@ -73,6 +77,8 @@ class RewardConfig:
             out[key] = number
         if out.get("target_speed", cls.target_speed) <= 0:
             raise ValueError("reward setting 'target_speed' must be positive")
+        if out.get("overspeed", cls.overspeed) < 0:
+            raise ValueError("reward setting 'overspeed' must be 0 (off) or positive")
         if out.get("follow_headway", cls.follow_headway) < 0:
             raise ValueError("reward setting 'follow_headway' must be 0 (off) or positive")
         if out.get("lane_half_width", cls.lane_half_width) <= 0:
@@ -107,6 +113,7 @@ def compute_reward(previous: Mapping[str, Any], current: Mapping[str, Any],
         safe = (float(current["lead_distance"]) - config.follow_gap) / config.follow_headway
         target = min(target, max(0.0, safe))
     speed_score = max(-1.0, 1.0 - abs(speed - target) / config.target_speed)
+    speed_score -= config.overspeed * max(0.0, speed - target) / config.target_speed
     offset = float(current["lateral_offset"]) / config.lane_half_width
     centre_score = -min(4.0, offset * offset)
     heading_score = math.cos(heading_error) - 1.0

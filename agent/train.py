@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import get_device
 
@@ -87,8 +87,38 @@ def build_model(config: dict[str, Any], venv: Any) -> PPO:
                device=torch_device(config), verbose=0, **(config.get("ppo") or {}))
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+class Interrupt:
+    """SIGINT/SIGTERM handler: during ``learn()`` it only records the signal, elsewhere it raises.
+
+    Inside ``learn()`` a KeyboardInterrupt raised at an arbitrary point can leave SubprocVecEnv with
+    one worker's reply read and another's not, and its ``close()`` then waits forever for a reply
+    that never comes. So there the signal is noted and StopOnSignalCallback ends ``learn()`` at the
+    next env step (after a running PPO update); a second signal raises at once.
+    """
+
+    def __init__(self) -> None:
+        self.graceful = False
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.graceful and self.signum is None:
+            self.signum = signum
+            return
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    def name(self) -> str:
+        return f"signal {signal.Signals(self.signum).name}" if self.signum else ""
+
+
+class StopOnSignalCallback(BaseCallback):
+    """Ends ``learn()`` cleanly once an Interrupt has recorded a signal."""
+
+    def __init__(self, interrupt: Interrupt) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+    def _on_step(self) -> bool:
+        return self.interrupt.signum is None
 
 
 def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> int:
@@ -107,9 +137,10 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
         kwargs["render_mode"] = "rgb_array"  # the live view draws env 0's camera frames
     venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
                         **kwargs)
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
-    if hasattr(signal, "SIGBREAK"):  # Windows: the launcher stops children with Ctrl-Break
-        signal.signal(signal.SIGBREAK, _raise_interrupt)
+    interrupt = Interrupt()
+    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK")
+                                                 else [])  # Windows: the launcher sends Ctrl-Break
+    previous = {sig: signal.signal(sig, interrupt) for sig in handled}
     model = None
     try:
         if resume is not None:
@@ -126,7 +157,8 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             callbacks = [
                 CheckpointCallback(every, str(run_dir / "checkpoints"), CHECKPOINT_PREFIX),
                 DrivingMetricsCallback(), BridgeStatsCallback(),
-                ProgressLogCallback(log, int(config["total_timesteps"])), status]
+                ProgressLogCallback(log, int(config["total_timesteps"])), status,
+                StopOnSignalCallback(interrupt)]
             if config.get("time_limit_minutes"):
                 callbacks.append(TimeLimitCallback(float(config["time_limit_minutes"]), log))
             if config.get("view"):
@@ -136,8 +168,14 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
                 callbacks.append(LiveViewCallback(LiveView(f"{WINDOW_TITLE}: {run_dir.name}", tick)))
             callbacks = CallbackList(callbacks)
             started, steps_before = time.monotonic(), model.num_timesteps
-            model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
-                        progress_bar=bool(config.get("progress_bar", True)))
+            interrupt.graceful = True
+            try:
+                model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None,
+                            progress_bar=bool(config.get("progress_bar", True)))
+            finally:
+                interrupt.graceful = False
+            if interrupt.signum is not None:
+                raise KeyboardInterrupt(interrupt.name())
             log.info("trained %d steps in %.0f s", model.num_timesteps - steps_before,
                      time.monotonic() - started)
         model.save(run_dir / "model.zip")
@@ -156,7 +194,8 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
         status.write("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         try:
             venv.close()
         except (EOFError, BrokenPipeError, ConnectionError) as e:
