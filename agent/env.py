@@ -5,6 +5,7 @@ import copy
 import importlib
 import logging
 import math
+import threading
 import time
 from typing import Any, Callable
 
@@ -39,6 +40,8 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> A
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+#: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
+RESET_ATTEMPTS = 3
 
 #: the env's own per-episode state that a snapshot saves next to the sim's.
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
@@ -151,6 +154,7 @@ class CarlaBridgeEnv(gym.Env):
         if max_episode_steps < 1:
             raise ValueError("max_episode_steps must be at least 1")
         self.endpoint = endpoint
+        self.timeout = float(timeout)
         self.action_mode = action_mode
         self.out_of_range = out_of_range
         self.max_episode_steps = int(max_episode_steps)
@@ -214,25 +218,31 @@ class CarlaBridgeEnv(gym.Env):
             self._client = None
             raise
 
-    def _reconnect(self, cause: BaseException) -> None:
+    def _reconnect(self, cause: BaseException, cancelled: threading.Event | None = None) -> None:
         """Replaces the client by a new one with a fresh session, retrying until the deadline.
 
+        Args:
+            cause: the failure that made the old client useless.
+            cancelled: stops the retries early (agent.vec.BridgeVecEnv reconnects in a thread).
+
         Raises:
-            the last connection error, chained to ``cause``, when the deadline passes.
+            the last connection error, chained to ``cause``, when the deadline passes or
+            ``cancelled`` is set; SpecError if the sim came back with another spec.
         """
         log.warning("bridge to %s failed (%s: %s); reconnecting", self.endpoint,
                     type(cause).__name__, cause)
         old, self._client = self._client, None
         if old is not None:
             old.close()
+        cancelled = cancelled or threading.Event()
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
             try:
                 info = self._connect()
             except (ConnectionError, *RECONNECTABLE) as e:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or cancelled.is_set():
                     raise e from cause
-                time.sleep(0.5)  # the sim is restarting; the connect itself waits on the socket
+                cancelled.wait(0.5)  # the sim is restarting; the connect itself waits on the socket
                 continue
             if info.spec != self.server_info.spec:
                 raise SpecError(f"the sim at {self.endpoint} came back with a different spec; "
@@ -244,6 +254,12 @@ class CarlaBridgeEnv(gym.Env):
     def client(self) -> Any:
         return self._client
 
+    @property
+    def measurements(self) -> dict[str, Any] | None:
+        """The sim's raw measurements of the last tick (None before the first reset); recorded
+        datasets keep them so that a replay can compare them byte for byte."""
+        return self._measurements
+
     def bridge_stats(self) -> tuple[float, float, float]:
         """(round trip p50 seconds, p99 seconds, sim ticks per second) over recent requests."""
         if self._client is None:
@@ -254,20 +270,46 @@ class CarlaBridgeEnv(gym.Env):
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        sim_seed, sim_options = self.begin_reset(seed=seed, options=options)
+        try:
+            reply = self._reset_sim(sim_seed, sim_options)
+        except RECONNECTABLE as e:
+            if not self.reconnect or isinstance(e, RemoteError):
+                raise
+            self._reconnect(e)
+            reply = self._reset_sim(sim_seed, sim_options)
+        return self.end_reset(reply)
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        control = self.begin_step(action)
+        try:
+            reply = self._client.step(control)
+        except EPISODE_ENDING_REMOTE_ERRORS as e:
+            return self.end_episode_on_sim_error(e)
+        except RECONNECTABLE as e:
+            if not self.reconnect:
+                raise
+            self._reconnect(e)
+            return self.interrupt_episode({"bridge_reconnected": True})
+        return self.end_step(control, reply)
+
+    # The two halves of reset() and step() around the bridge round trip. agent.vec.BridgeVecEnv calls
+    # them to talk to many sims at once: begin on every env, send all, wait for all, end on every env.
+
+    def begin_reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+                    ) -> tuple[int, dict[str, Any]]:
+        """Seeds the env (gymnasium's reset contract) and returns the sim's reset seed and options."""
         super().reset(seed=seed)
         if self._closed:
             raise RuntimeError("reset() on a closed CarlaBridgeEnv")
         # Unseeded resets draw the sim's seed from our generator, so reset(seed=s) followed by
         # plain reset()s replays the same episodes.
         sim_seed = seed if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
-        sim_options = {**self.reset_options, **(options or {})}
-        try:
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
-        except RECONNECTABLE as e:
-            if not self.reconnect or isinstance(e, RemoteError):
-                raise
-            self._reconnect(e)
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+        self.sim_seed = sim_seed  # what the sim is reset with: recordings keep it for replays
+        return sim_seed, {**self.reset_options, **(options or {})}
+
+    def end_reset(self, reply: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Starts the episode from the sim's reset tick; returns reset()'s (observation, info)."""
         self._steps = 0
         self._last_completion = 0.0
         self._episode = {"return": 0.0, "collisions": 0, "lane_invasions": 0, "late_events": 0,
@@ -283,31 +325,33 @@ class CarlaBridgeEnv(gym.Env):
                 "speed": float(reply.measurements["speed"])}
         return obs, info
 
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def _reset_sim(self, sim_seed: int, sim_options: dict[str, Any]) -> Any:
+        """The sim's reset; one that it could not finish (a late CARLA tick or sensor, a lost ego)
+        is tried again, up to RESET_ATTEMPTS times: the session is fine, and the sim side skips the
+        late data and respawns lost actors on the next reset."""
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            try:
+                return self._client.reset(seed=sim_seed, options=sim_options)
+            except EPISODE_ENDING_REMOTE_ERRORS as e:
+                if attempt == RESET_ATTEMPTS:
+                    raise
+                log.warning("the sim side could not finish reset (attempt %d of %d: %s); trying "
+                            "again", attempt, RESET_ATTEMPTS, e)
+        raise AssertionError("unreachable")
+
+    def begin_step(self, action: Any) -> dict[str, Any]:
+        """Checks ``action`` and returns the control to send (agent.action maps it to the spec).
+
+        Raises:
+            RuntimeError: no episode is running (reset() first). ValueError: a bad action.
+        """
         if self._measurements is None:
             raise RuntimeError("step() before reset()")
-        control = self._actions.control(action)
-        try:
-            reply = self._client.step(control)
-        except EPISODE_ENDING_REMOTE_ERRORS as e:
-            # the sim side is alive and keeps the session: this episode ends here, reset goes on
-            log.warning("the sim side could not finish step %d (%s); ending the episode as "
-                        "truncated", self._steps + 1, e)
-            self._measurements = None  # the next call must be reset()
-            info = {"sim_error": str(e), "frame": -1, "sim_time": math.nan,
-                    **{f"reward_{t}": 0.0 for t in TERMS}}
-            info["episode_metrics"] = self._metrics(self._last_completion, False)
-            return self._copy_obs(self._last_obs), 0.0, False, True, info
-        except RECONNECTABLE as e:
-            if not self.reconnect:
-                raise
-            self._reconnect(e)
-            self._measurements = None  # the next call must be reset()
-            info = {"bridge_reconnected": True, "frame": -1, "sim_time": math.nan,
-                    **{f"reward_{t}": 0.0 for t in TERMS}}
-            info["episode_metrics"] = self._metrics(self._last_completion, False)
-            return self._copy_obs(self._last_obs), 0.0, False, True, info
+        return self._actions.control(action)
 
+    def end_step(self, control: dict[str, Any], reply: Any
+                 ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Turns the sim's tick into step()'s (observation, reward, terminated, truncated, info)."""
         m = reply.measurements
         reward, terms = compute_reward(self._measurements, m, reply.events, self.reward_config)
         self._measurements = self._keep(m)
@@ -350,6 +394,27 @@ class CarlaBridgeEnv(gym.Env):
         if terminated or truncated:
             info["episode_metrics"] = self._metrics(completion, lap_completed)
         return obs, reward, terminated, truncated, info
+
+    def end_episode_on_sim_error(self, error: BaseException
+                                 ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """The sim side is alive and keeps the session but could not finish this step (one of
+        EPISODE_ENDING_REMOTE_ERRORS): the episode ends here as truncated, ``info["sim_error"]``."""
+        log.warning("the sim side could not finish step %d (%s); ending the episode as "
+                    "truncated", self._steps + 1, error)
+        return self.interrupt_episode({"sim_error": str(error)})
+
+    def interrupt_episode(self, extra_info: dict[str, Any]
+                          ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Ends the episode as truncated without a tick; the next call must be reset().
+
+        Returns step()'s tuple: the last observation again, no reward, truncated, and an info with
+        ``extra_info`` (why) and ``episode_metrics``.
+        """
+        self._measurements = None
+        info: dict[str, Any] = {**extra_info, "frame": -1, "sim_time": math.nan,
+                                **{f"reward_{t}": 0.0 for t in TERMS}}
+        info["episode_metrics"] = self._metrics(self._last_completion, False)
+        return self._copy_obs(self._last_obs), 0.0, False, True, info
 
     def snapshot(self) -> EnvSnapshot:
         """Saves the world's full state (on the sim side) and the env's episode state.

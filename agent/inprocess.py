@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 from bridge import protocol
 from bridge.client import RoundTripStats, ServerInfo, StepReply
-from bridge.errors import SessionError, SnapshotUnsupportedError
+from bridge.errors import BridgeError, SessionError, SnapshotUnsupportedError
 from bridge.schema import VehicleControl
 from bridge.snapshots import SnapshotStore
 from bridge.spec import validate_fields
@@ -38,6 +38,7 @@ class InProcessClient:
         self.stats = RoundTripStats()  # the same statistics a BridgeClient keeps
         self._spec = backend.spec()
         self._session: str | None = None
+        self._pending: Callable[[], StepReply] | None = None
         self.info: ServerInfo | None = None
         self._closed = False
 
@@ -49,7 +50,8 @@ class InProcessClient:
         can_snapshot = bool(self.backend.supports_snapshot)
         self.info = ServerInfo("inprocess", self.backend.name, self.backend.version, self._spec,
                                self._session, False, can_snapshot,
-                               self.max_snapshots if can_snapshot else 0)
+                               self.max_snapshots if can_snapshot else 0,
+                               bool(self.backend.deterministic), self.backend.settings())
         return self.info
 
     def _tick(self, command: str, call, *args) -> StepReply:
@@ -69,6 +71,31 @@ class InProcessClient:
         fields = validate_fields(self._spec.action, action, "action")
         return self._tick(protocol.STEP, self.backend.step, VehicleControl.from_fields(fields))
 
+    # The send-now/receive-later split of BridgeClient (agent.vec.BridgeVecEnv drives many clients
+    # this way). There is nothing to wait for here: the world runs when the tick is received.
+    wait_sockets: tuple = ()
+
+    def send_reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
+        self._send(lambda: self.reset(seed, options))
+
+    def send_step(self, action: dict[str, Any]) -> None:
+        self._send(lambda: self.step(action))
+
+    def recv_tick(self, block: bool = True) -> StepReply:
+        """Runs the request sent last and returns its tick (errors surface here, as over the wire)."""
+        call, self._pending = self._pending, None
+        if call is None:
+            raise BridgeError("recv_tick() without a step or reset in flight")
+        return call()
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def _send(self, call: Callable[[], StepReply]) -> None:
+        if self._pending is not None:
+            raise BridgeError("a step or reset is still in flight: receive its tick first")
+        self._pending = call
     def snapshot(self) -> str:
         """Raises: SnapshotUnsupportedError, SnapshotError (as BridgeClient.snapshot)."""
         self._check_can_snapshot()
@@ -90,6 +117,7 @@ class InProcessClient:
         if self._closed:
             return
         self._closed = True
+        self._pending = None
         self._session = None
         self._snapshots.clear()
         self.backend.close()

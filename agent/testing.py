@@ -112,6 +112,7 @@ class FlakyClient:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.fail_next: BaseException | None = None
+        self._failing: BaseException | None = None
         self.stats = inner.stats
 
     def hello(self) -> Any:
@@ -125,6 +126,26 @@ class FlakyClient:
             error, self.fail_next = self.fail_next, None
             raise error
         return self.inner.step(action)
+
+    @property
+    def wait_sockets(self) -> tuple:
+        return self.inner.wait_sockets
+
+    def send_reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        self._failing = None
+        self.inner.send_reset(seed=seed, options=options)
+
+    def send_step(self, action: dict) -> None:
+        """Sends; with ``fail_next`` set, the matching ``recv_tick`` raises it instead."""
+        self._failing, self.fail_next = self.fail_next, None
+        if self._failing is None:
+            self.inner.send_step(action)
+
+    def recv_tick(self, block: bool = True) -> Any:
+        error, self._failing = self._failing, None
+        if error is not None:
+            raise error
+        return self.inner.recv_tick(block)
 
     def close(self) -> None:
         self.inner.close()

@@ -121,6 +121,25 @@ class StopOnSignalCallback(BaseCallback):
         return self.interrupt.signum is None
 
 
+def recording_writer(config: dict[str, Any], run_dir: Path, resume: bool) -> Any:
+    """The DatasetWriter of the config's ``record:`` section (None when it is null or empty).
+
+    ``record: {dataset_id: carla/builtin/NAME-v0, infos: false}`` records every training episode
+    into that Minari dataset; a resumed run appends to it.
+
+    Raises:
+        FileExistsError: the dataset exists and this is not a resume.
+    """
+    settings = config.get("record") or {}
+    if not settings.get("dataset_id"):
+        return None
+    from agent.dataset import DatasetWriter
+
+    return DatasetWriter(str(settings["dataset_id"]), "PPO (recorded while training)",
+                         bool(settings.get("infos", False)),
+                         extra={"run_dir": str(run_dir), "seed": config.get("seed")}, append=resume)
+
+
 def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> int:
     """Runs (or continues) training; returns the process exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,11 +151,12 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
     status = StatusFileCallback(status_path(run_dir), int(config["total_timesteps"]), str(device))
     status.write("starting")
     n_envs = len(config["endpoints"])
+    recorder = recording_writer(config, run_dir, resume is not None)
     kwargs = env_kwargs(config)
     if config.get("view"):
         kwargs["render_mode"] = "rgb_array"  # the live view draws env 0's camera frames
     venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
-                        **kwargs)
+                        record=recorder, **kwargs)
     interrupt = Interrupt()
     handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK")
                                                  else [])  # Windows: the launcher sends Ctrl-Break
@@ -202,6 +222,9 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             log.debug("closing the envs: %s", e)
         if model is not None and model.logger is not None:
             model.logger.close()
+        if recorder is not None and recorder.close() is not None:
+            log.info("recorded %d episodes, %d steps into the Minari dataset %s", recorder.episodes,
+                     recorder.steps, recorder.dataset_id)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -240,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config.get("endpoints"), str):
         config["endpoints"] = [e.strip() for e in config["endpoints"].split(",") if e.strip()]
     log.info("run directory %s", run_dir)
-    return train(config, run_dir, resume)
+    try:
+        return train(config, run_dir, resume)
+    except FileExistsError as e:  # e.g. record: names a dataset that exists already
+        log.error("%s", e)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 One request is in flight at a time. Each carries a sequence number and the reply must echo it, so a late
 reply to a request that already timed out is recognised and dropped instead of being taken as the
-answer to the next request. While waiting, the client watches its connection: a server that dies (its
+answer to the next request. ``step()`` is ``send_step()`` then ``recv_tick()``: a caller driving many
+sims (agent.vec.BridgeVecEnv) sends to all of them first, waits on all their ``wait_sockets`` with one
+poller, and collects each reply with ``recv_tick(block=False)``; deadlines run from the send either way. While waiting, the client watches its connection: a server that dies (its
 TCP connection drops) is reported at once as PeerDisconnectedError; a server that hangs is reported
 when the timeout expires. A background thread sends heartbeats so the server can tell a trainer that
 is busy (a PPO update) from one that is dead.
@@ -38,11 +40,22 @@ class ProtocolVersionWarning(UserWarning):
     """The peer speaks the same major protocol version but another minor one."""
 
 
+class _Pending(NamedTuple):
+    """The request in flight: what, which sequence number, when it was sent and when it times out."""
+
+    command: str
+    seq: int
+    started: float
+    deadline: float
+    timeout: float
+
+
 class ServerInfo(NamedTuple):
     """What the ``hello`` reply told us about the sim side.
 
-    ``can_snapshot`` and ``max_snapshots`` come from the reply's ``capabilities`` (protocol 1.1);
-    a 1.0 server announces none, so both read as "no snapshots".
+    ``can_snapshot``, ``max_snapshots`` and ``deterministic`` come from the reply's
+    ``capabilities`` and ``sim_settings`` (what rebuilds the world, e.g. its seed) from ``sim`` (protocol
+    1.1); a 1.0 server announces none of them: no snapshots, no determinism promised, no settings.
     """
 
     protocol: str
@@ -53,6 +66,8 @@ class ServerInfo(NamedTuple):
     shm: bool
     can_snapshot: bool = False
     max_snapshots: int = 0
+    deterministic: bool = False
+    sim_settings: Optional[Dict[str, Any]] = None
     #: seconds the sim side allows itself per reset/step (hello's step_budget_seconds), if announced.
     step_budget: Optional[float] = None
 
@@ -156,6 +171,7 @@ class BridgeClient(object):
         self._socket.connect(endpoint)
         self._encoder = Encoder()
         self._seq = 0
+        self._pending = None  # type: Optional[_Pending]
         self._session = None  # type: Optional[str]
         self._shm = None  # type: Optional[ShmReader]
         self._heartbeat = None  # type: Optional[_Heartbeat]
@@ -187,7 +203,9 @@ class BridgeClient(object):
             info = ServerInfo(protocol.version_string(version), str(sim["name"]),
                               str(sim["version"]), spec, str(reply["session"]), False,
                               capabilities.get(protocol.CAPABILITY_SNAPSHOT) is True,
-                              int(capabilities.get("max_snapshots") or 0))
+                              int(capabilities.get("max_snapshots") or 0),
+                              capabilities.get("deterministic") is True,
+                              dict(sim.get("settings") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError("malformed hello reply from {}: {}".format(self.endpoint, e)) from e
         self._check_version(version)
@@ -222,8 +240,8 @@ class BridgeClient(object):
             SessionError: no hello yet. RemoteError: the sim side failed. BridgeTimeoutError,
             PeerDisconnectedError: the sim side is gone or stalled.
         """
-        body = {"seed": None if seed is None else int(seed), "options": dict(options or {})}
-        return self._tick(self._request(protocol.RESET, body, self.timeout))
+        self.send_reset(seed, options)
+        return self.recv_tick()
 
     def step(self, action: Dict[str, Any]) -> StepReply:
         """Sends one action; the sim advances exactly one tick and returns it.
@@ -232,7 +250,57 @@ class BridgeClient(object):
             RemoteSpecError: the action breaks the action spec (NaN, out of range, missing field).
             Plus everything ``reset`` raises.
         """
-        return self._tick(self._request(protocol.STEP, {"action": action}, self.timeout))
+        self.send_step(action)
+        return self.recv_tick()
+
+    def send_reset(self, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
+                   ) -> None:
+        """The first half of ``reset``: sends the request and returns at once (see ``recv_tick``).
+
+        Raises:
+            BridgeError: a request is already in flight. SessionError: no hello yet.
+            BridgeTimeoutError: the request could not even be queued before the timeout.
+        """
+        body = {"seed": None if seed is None else int(seed), "options": dict(options or {})}
+        self._send(protocol.RESET, body, self.timeout)
+
+    def send_step(self, action: Dict[str, Any]) -> None:
+        """The first half of ``step``: sends the action and returns at once (see ``recv_tick``).
+
+        Raises:
+            the same as ``send_reset``.
+        """
+        self._send(protocol.STEP, {"action": action}, self.timeout)
+
+    def recv_tick(self, block: bool = True) -> Optional[StepReply]:
+        """The second half of ``step``/``reset``: the tick answering the request in flight.
+
+        With ``block=False`` it never waits: None means the reply has not arrived yet (poll
+        ``wait_sockets`` and call again). The request's deadline counts from its send.
+
+        Raises:
+            BridgeError: no step or reset in flight. Plus everything ``step`` raises: a timeout
+            once the deadline passed, PeerDisconnectedError as soon as the connection dropped.
+        """
+        pending = self._pending
+        if pending is None or pending.command not in (protocol.STEP, protocol.RESET):
+            raise BridgeError("recv_tick() without a step or reset in flight to {}"
+                              .format(self.endpoint))
+        body = self._await_reply(pending, block)
+        return None if body is None else self._tick(body)
+
+    @property
+    def in_flight(self) -> bool:
+        """True between a send and the receipt (or failure) of its reply."""
+        return self._pending is not None
+
+    @property
+    def wait_sockets(self) -> Tuple[zmq.Socket, ...]:
+        """The sockets that become readable when ``recv_tick(block=False)`` has news: a reply, or a
+        connection event. Register them (POLLIN) with a zmq.Poller to wait on many clients at once."""
+        if self.closed:
+            return ()
+        return (self._socket, self._monitor.socket)
 
     def snapshot(self) -> str:
         """Saves the world's full current state on the sim side and returns its opaque token.
@@ -286,6 +354,7 @@ class BridgeClient(object):
         except BridgeError as e:
             logger.debug("close: server did not acknowledge (%s)", e)
         finally:
+            self._pending = None
             self._end_session_locally()
             self._monitor.close(self._socket)
             self._socket.close(linger=0)
@@ -384,10 +453,25 @@ class BridgeClient(object):
         self._session = None
 
     def _request(self, command: str, body: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+        self._send(command, body, timeout)
+        result = self._await_reply(self._pending, block=True)
+        assert result is not None  # a blocking wait returns the reply or raises
+        return result
+
+    def _send(self, command: str, body: Dict[str, Any], timeout: float) -> None:
         if self.closed and command != protocol.CLOSE:
             raise BridgeError("this BridgeClient is closed")
         if command in protocol.SESSION_COMMANDS and self._session is None:
             raise SessionError("no session with {}: call hello() first".format(self.endpoint))
+        if self._pending is not None:
+            if command in (protocol.STEP, protocol.RESET):  # lockstep: one tick at a time
+                raise BridgeError("{} to {} while {} #{} is still in flight: receive its reply "
+                                  "first".format(command, self.endpoint, self._pending.command,
+                                                 self._pending.seq))
+            # hello/ping/close abandon it; its late reply is dropped by sequence number
+            logger.debug("abandoning %s #%d for %s", self._pending.command, self._pending.seq,
+                         command)
+            self._pending = None
         self._seq += 1
         seq = self._seq
         frames = self._encoder.encode({"seq": seq, "cmd": command, "session": self._session,
@@ -400,31 +484,56 @@ class BridgeClient(object):
         except zmq.Again:  # nothing sent yet: a DEALER's first frame is all or nothing
             self._wait_writable(command, seq, deadline)
             send_frames(self._socket, frames, zmq.NOBLOCK)
+        self._pending = _Pending(command, seq, started, deadline, timeout)
+
+    def _await_reply(self, pending: _Pending, block: bool) -> Optional[Dict[str, Any]]:
+        """The body of the reply to ``pending``; None if ``block`` is False and it is not here yet.
+
+        Whatever happens, a reply, an error reply, a timeout or a dropped connection, ends the
+        request: only a None return leaves it in flight.
+        """
+        try:
+            reply = self._wait_for(pending, block)
+        except BaseException:
+            self._pending = None
+            raise
+        if reply is None:
+            return None
+        self._pending = None
+        self.stats.record(pending.command, time.monotonic() - pending.started)
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise remote_error(str(error.get("code", "RemoteError")),
+                               str(error.get("message", "")), str(error.get("traceback", "")))
+        result = reply.get("body")
+        return result if isinstance(result, dict) else {}
+
+    def _wait_for(self, pending: _Pending, block: bool) -> Optional[Dict[str, Any]]:
+        command, seq = pending.command, pending.seq
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BridgeTimeoutError(self._timeout_message(command, seq, timeout))
+            remaining = pending.deadline - time.monotonic()
             # Wait on the data socket alone, in slices; the monitor is looked at between slices.
             # (A two-socket zmq.Poller costs a few microseconds per request on the hot path; a
             # dropped connection is still noticed within one slice.)
-            if self._socket.poll(min(remaining, _LIVENESS_SLICE_SECONDS) * 1000):
+            # A reply already here when the deadline passes still counts (a caller that polls
+            # many clients may look late); only its absence is a timeout.
+            wait = max(0.0, min(remaining, _LIVENESS_SLICE_SECONDS)) if block else 0
+            if self._socket.poll(wait * 1000):
                 reply = self._receive(seq)
                 if reply is None or reply.get("seq") != seq:
                     logger.debug("dropping stale reply %r while waiting for %d",
                                  None if reply is None else reply.get("seq"), seq)
                     continue
-                self.stats.record(command, time.monotonic() - started)
-                if not reply.get("ok"):
-                    error = reply.get("error") or {}
-                    raise remote_error(str(error.get("code", "RemoteError")),
-                                       str(error.get("message", "")), str(error.get("traceback", "")))
-                result = reply.get("body")
-                return result if isinstance(result, dict) else {}
-            elif self._monitor.poll_disconnected():
+                return reply
+            if self._monitor.poll_disconnected():
                 raise PeerDisconnectedError(
                     "the sim side at {} dropped the connection while we waited for the reply to {} "
                     "#{}: carla_client probably crashed or was killed; check its log, then restart "
                     "it".format(self.endpoint, command, seq))
+            if remaining <= 0:
+                raise BridgeTimeoutError(self._timeout_message(command, seq, pending.timeout))
+            if not block:
+                return None
 
     def _wait_writable(self, command: str, seq: int, deadline: float) -> None:
         remaining = deadline - time.monotonic()

@@ -50,15 +50,19 @@ class CarlaActorLostError(ActorLostError):
 #: what libcarla's RuntimeError messages contain for each kind of failure (client 0.9.10-0.9.16).
 _TIMEOUT_MARKS = ("time-out", "timed out", "timeout")
 _DESTROYED_MARKS = ("destroyed actor", "actor is already destroyed", "actor not found")
+_CONNECTION_MARKS = ("connection refused", "connection reset", "broken pipe", "end of file",
+                     "not connected")
 
 
 def translate(error: BaseException, doing: str, where: str,
               default: Optional[Type[BridgeError]] = None) -> BridgeError:
     """Our typed error for a ``RuntimeError`` that libcarla raised while ``doing`` something.
 
-    Time-outs become CarlaTimeoutError, "operate on a destroyed actor" CarlaActorLostError, and
-    anything else ``default`` (CarlaSetupError unless told otherwise). The message says what we
-    were doing, at which server, and what libcarla said.
+    Time-outs become CarlaTimeoutError, "operate on a destroyed actor" CarlaActorLostError, a
+    dropped or refused connection (rpclib/asio's "Connection refused", "Connection reset by peer",
+    "Broken pipe", "End of file") CarlaConnectionError, and anything else ``default``
+    (CarlaSetupError unless told otherwise). The message says what we were doing, at which server,
+    and what libcarla said.
     """
     text = str(error)
     lowered = text.lower()
@@ -70,6 +74,11 @@ def translate(error: BaseException, doing: str, where: str,
         return CarlaActorLostError(
             "an actor of ours was destroyed by someone else while {} at {} ({}): this episode is "
             "over; the next reset spawns the ego and its sensors again".format(doing, where, text))
+    if any(mark in lowered for mark in _CONNECTION_MARKS):
+        return CarlaConnectionError(
+            "lost the connection to the CARLA server at {} while {} ({}): did it crash or restart? "
+            "start it again, e.g. `{}`".format(where, doing, text,
+                                              SERVER_COMMAND.format(port=where.rsplit(":", 1)[-1])))
     cls = default or CarlaSetupError
     return cls("CARLA at {} failed while {}: {}".format(where, doing, text))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from carla_client import registry
 from launch.config import REPO_ROOT, LaunchConfig, find_input
 from launch.procs import child_env  # noqa: F401  (the launcher's callers build children's env here)
 
@@ -15,11 +16,15 @@ LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
 
 
 def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
-    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``."""
+    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``.
+
+    The arguments are the world kind's (registry): a 0.8.4 server gets ``-carla-server
+    -carla-world-port=P ...``.
+    """
     assert config.carla.executable, "carla_server_argv needs carla.executable"
     executable = str(find_input(config.carla.executable))
-    return [executable, "-RenderOffScreen", f"-carla-rpc-port={config.carla.rpc_port(index)}",
-            *config.carla.extra_args]
+    info = registry.get(config.world_kind)
+    return [executable, *info.server_argv(config.carla.rpc_port(index)), *config.carla.extra_args]
 
 
 def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
@@ -36,9 +41,11 @@ def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
                  str(clients.npc_vehicles), "--circuits", str(clients.circuits)]
     else:
         argv += ["--seed", str(clients.seed + index)]
-    if config.world_kind == "carla":
-        argv += ["--host", config.carla.host, "--port", str(config.carla.rpc_port(index)),
-                 "--tm-port", str(config.carla.tm_port + index)]
+    flags = registry.get(config.world_kind).server_flags  # what this world kind reads
+    values = {"--host": config.carla.host, "--port": str(config.carla.rpc_port(index)),
+              "--tm-port": str(config.carla.tm_port + index)}
+    for flag in flags:
+        argv += [flag, values[flag]]
     sensors = clients.sensors
     if sensors == "auto":  # the default policy needs no camera: render one only for the live view
         sensors = None if config.view else str(EVENT_SENSORS)

@@ -89,6 +89,21 @@ class TensorBoardSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterSection:
+    """Where the sims run: ``local`` (children of the launcher) or ``ray`` (one Ray actor per sim)."""
+
+    kind: str
+    address: str | None
+    sim_resource: str
+    max_restarts: int
+    ready_timeout: float
+
+
+#: sections that name a choice: ``cluster=ray`` on the command line is short for ``cluster.kind=ray``.
+SHORTHANDS = {"cluster": "cluster.kind"}
+
+
+@dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     """The resolved configuration (see launch/configs/default.yaml for every key's meaning)."""
 
@@ -101,12 +116,14 @@ class LaunchConfig:
     restart: RestartSection
     trainer: TrainerSection
     tensorboard: TensorBoardSection
+    cluster: ClusterSection
     console: str = "auto"
     view: bool = False
 
     @property
     def world_kind(self) -> str:
-        """``builtin`` or ``carla`` (``auto`` resolved by whether a CARLA executable is configured)."""
+        """A registered world kind (carla_client/registry.py); ``auto`` is ``carla`` when a CARLA
+        executable is configured, else ``builtin``."""
         if self.world == "auto":
             return "carla" if self.carla.executable else "builtin"
         return self.world
@@ -122,7 +139,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     raw = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
         raw = merge(raw, _read_yaml(Path(path)), str(path))
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, shorthands=SHORTHANDS)
     return from_dict(raw)
 
 
@@ -178,11 +195,21 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
         console=_coerce(raw.get("console", "auto"), "str", "console"),
         view=_coerce(raw.get("view", False), "bool", "view"),
+        cluster=section(ClusterSection, raw["cluster"], "cluster"),
     )
     if config.console not in CONSOLE_MODES:
         raise ConfigError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
-    if config.world not in ("auto", "builtin", "carla"):
-        raise ConfigError(f"world must be auto, builtin or carla, not {config.world!r}")
+    if config.cluster.kind not in ("local", "ray"):
+        raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
+    if config.cluster.max_restarts < 0:
+        raise ConfigError("cluster.max_restarts must be 0 or more")
+    # imported here: the trainer reads this module (read_yaml, overrides) and never imports the sim
+    # package; only the launcher's own configuration names a world kind.
+    from carla_client import registry
+
+    if config.world != "auto" and config.world not in registry.names():
+        raise ConfigError(f"world must be auto or one of {', '.join(registry.names())} "
+                          f"(carla_client/registry.py), not {config.world!r}")
     if config.clients.count < 1:
         raise ConfigError("clients.count must be at least 1")
     if config.clients.npc_vehicles < 0 or config.clients.circuits < 1:

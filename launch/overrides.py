@@ -7,7 +7,7 @@ value is a list (or that the caller names in ``list_keys``) also takes ``a,b,c``
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Mapping
 
 import yaml
 
@@ -43,13 +43,14 @@ def parse_value(text: str, as_list: bool = False) -> Any:
 
 
 def apply_overrides(config: dict[str, Any], overrides: Iterable[str],
-                    open_sections: Collection[str] = (), list_keys: Collection[str] = ()
-                    ) -> dict[str, Any]:
+                    open_sections: Collection[str] = (), list_keys: Collection[str] = (),
+                    shorthands: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Returns a copy of ``config`` with each ``a.b.c=value`` applied, in order.
 
     Every key must already exist, so a typo fails loudly instead of being ignored, except under an
     ``open_sections`` entry (e.g. ``ppo``, whose keys are keyword arguments passed on), where new keys
-    and sections may be added.
+    and sections may be added. ``shorthands`` maps a key to the one it stands for (the launcher's
+    ``cluster=ray`` is ``cluster.kind=ray``).
 
     Raises:
         UnknownKeyError: a key that does not exist outside the open sections.
@@ -58,7 +59,7 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str],
     config = copy.deepcopy(config)
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
+        key = (shorthands or {}).get(key.strip(), key.strip())
         parts = key.split(".")
         if not sep or not all(parts):
             raise ConfigError(f"override {item!r} must look like key=value or section.key=value")

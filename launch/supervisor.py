@@ -165,8 +165,14 @@ class Launcher:
             raise LaunchError(f"the trainer interpreter {trainer} ({trainer_from}) is not executable: "
                               "run `python3 scripts/setup_envs.py` or set interpreters.trainer_python")
         self.sim_python, self.trainer_python = sim, trainer
-        self.placement = LocalPlacement(self.config, sim, Supervision(
-            self._process, self.stop_requested, self._abort_wait, self._hurry))
+        supervision = Supervision(self._process, self.stop_requested, self._abort_wait, self._hurry,
+                                  self.logs_dir, self._record)
+        if self.config.cluster.kind == "ray":
+            from launch.ray_placement import RayPlacement  # Ray is an optional extra ([cluster])
+
+            self.placement = RayPlacement(self.config, sim, supervision)
+        else:
+            self.placement = LocalPlacement(self.config, sim, supervision)
         self.placement.check_free()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_state()
@@ -212,8 +218,13 @@ class Launcher:
                               cwd=cwd, on_start=self._record_start)
 
     def _record_start(self, process: ManagedProcess) -> None:
-        self._started.append({"name": process.name, "pid": process.pid, "start": process.starts,
-                              "time": time.time(), "argv": process.argv})
+        self._record(process.name, process.pid, process.argv)
+
+    def _record(self, name: str, pid: int | None, argv: Sequence[str]) -> None:
+        """Adds a started process to launcher.json (its pid, its start number and command line)."""
+        start = sum(1 for p in self._started if p["name"] == name) + 1
+        self._started.append({"name": name, "pid": pid, "start": start, "time": time.time(),
+                              "argv": list(argv)})
         self._write_state()
 
     def _write_state(self) -> None:

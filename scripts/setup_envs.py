@@ -10,7 +10,7 @@ Layout (default --venv-dir .venvs):
     .venvs/sim-3.7/     (--with-carla-sim) Python 3.7, `pip install -e .[test,carla]`: the real
                         `carla==0.9.15` client most CARLA 0.9.10-0.9.15 users run; the CARLA backend's
                         tests run here too (scripts/run_tests.py)
-    .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,test]` (torch pinned to 2.13.0)
+    .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,cluster,test]` (torch pinned to 2.13.0)
     .venvs/envs.json    {"sim_python": ..., "trainer_python": ..., "carla_sim_python": ..., ...}: read by
                         tests/ and the launcher
 
@@ -43,7 +43,7 @@ STAMP_NAME = ".czb-stamp.json"
 STAMP_SCHEMA = 1
 
 SIM_EXTRAS = "test"
-TRAINER_EXTRAS = "train,carla,test"
+TRAINER_EXTRAS = "train,carla,cluster,test"
 CARLA_SIM_EXTRAS = "test,carla"
 DEFAULT_SIM_VERSION = "3.6"
 DEFAULT_TRAINER_VERSION = "3.11"

@@ -10,6 +10,7 @@ puts the clock back with everything else (``snapshot``/``restore`` save and rest
 """
 import copy
 import math
+import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -58,6 +59,9 @@ class BuiltinWorld(WorldBackend):
         vehicle: ego (and NPC body) parameters.
         track: circuit generation parameters.
         texture_resolution: metres per ground-texture texel (finer: sharper, slower to build).
+        tick_latency: every tick (resets included) takes at least this many seconds of wall time,
+            sleeping whatever the computation left over: it emulates a CARLA server whose tick is
+            bound by rendering on a GPU, without using this machine's CPU (scaling benchmarks).
 
     Raises:
         SpecError: an unsupported sensor, a bad camera, a bad tick or too many NPCs.
@@ -71,10 +75,14 @@ class BuiltinWorld(WorldBackend):
     def __init__(self, sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
                  seed: int = 0, npc_vehicles: int = 0, vehicle: VehicleParams = VehicleParams(),
                  track: TrackParams = TrackParams(), texture_resolution: float = 0.15,
-                 circuits: int = 1) -> None:
+                 circuits: int = 1, tick_latency: float = 0.0) -> None:
         tick_seconds = float(tick_seconds)
         if not (math.isfinite(tick_seconds) and 0.0 < tick_seconds <= 0.5):
             raise SpecError("tick_seconds must be in (0, 0.5], got {!r}".format(tick_seconds))
+        tick_latency = float(tick_latency)
+        if not (math.isfinite(tick_latency) and 0.0 <= tick_latency <= 10.0):
+            raise SpecError("tick_latency must be in [0, 10] seconds, got {!r}".format(tick_latency))
+        self.tick_latency = tick_latency
         self.sensors = tuple(default_sensors() if sensors is None else sensors)
         for sensor in self.sensors:
             if sensor.type == LIDAR:
@@ -129,6 +137,13 @@ class BuiltinWorld(WorldBackend):
     def spec(self) -> WorldSpec:
         return self._spec
 
+    def settings(self) -> Dict[str, Any]:
+        """``python -m carla_client`` rebuilds this world from these (vehicle and track parameters
+        are the defaults there)."""
+        return {"seed": self.seed, "tick_seconds": self.tick_seconds,
+                "npc_vehicles": self.traffic.count,
+                "sensors": [sensor.to_dict() for sensor in self.sensors]}
+
     def stop(self) -> None:
         self._state = None  # the next session starts with a reset
 
@@ -138,6 +153,7 @@ class BuiltinWorld(WorldBackend):
         Raises:
             SpecError: an unknown option or a bad option value.
         """
+        started = time.monotonic()
         options = dict(options or {})
         unknown = sorted(set(options) - set(RESET_OPTIONS))
         if unknown:
@@ -177,7 +193,9 @@ class BuiltinWorld(WorldBackend):
         self._route_distance = 0.0
         self._wheel_offsets = self._offsets(self._state, projection, self._wheels)
         self._previous, self._events = self._state, []
-        return self._tick(self._state, self._state, projection, [])
+        tick = self._tick(self._state, self._state, projection, [])
+        self._pace(started)
+        return tick
 
     def step(self, control: VehicleControl) -> Tick:
         """Advances one tick under ``control``.
@@ -185,6 +203,7 @@ class BuiltinWorld(WorldBackend):
         Raises:
             ProtocolError: step before reset.
         """
+        started = time.monotonic()
         if self._state is None:
             raise ProtocolError("step() before reset(): the built-in world needs a reset first")
         previous, before = self._state, self._tracker.last
@@ -216,7 +235,15 @@ class BuiltinWorld(WorldBackend):
         self._frame = frame
         self._state = state
         self._previous, self._events = previous, events
-        return self._tick(previous, state, projection, events)
+        tick = self._tick(previous, state, projection, events)
+        self._pace(started)
+        return tick
+
+    def _pace(self, started: float) -> None:
+        """Sleeps until the tick that began at ``started`` has lasted ``tick_latency``."""
+        remaining = started + self.tick_latency - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     def snapshot(self) -> "_Snapshot":
         """Everything a later tick depends on: ego, NPCs, route tracker, clock, random generator and
@@ -282,7 +309,7 @@ class BuiltinWorld(WorldBackend):
                     dvx = moved.vx - npc_v * math.cos(yaw[i])
                     dvy = moved.vy - npc_v * math.sin(yaw[i])
                     self.traffic.hold(int(i))
-                    return "vehicle", self.vehicle.mass * math.hypot(dvx, dvy)
+                    return "vehicle", self.vehicle.mass * _norm(dvx, dvy)
         return None
 
     def _stop_npcs_touching(self, state: VehicleState) -> None:
@@ -325,7 +352,7 @@ class BuiltinWorld(WorldBackend):
             "location": np.array([state.x, state.y, 0.0]),
             "yaw": math.degrees(wrap_angle(state.yaw)),
             "velocity": np.array([state.vx, state.vy, 0.0]),
-            "speed": math.hypot(state.vx, state.vy),
+            "speed": _norm(state.vx, state.vy),
             "acceleration": np.array([(state.vx - previous.vx) / dt, (state.vy - previous.vy) / dt,
                                       0.0]),
             "lateral_offset": projection.lateral,
@@ -359,6 +386,12 @@ class _Snapshot(NamedTuple):
     rng: Tuple[Any, ...]
     traffic: Dict[str, Any]
     world_seed: int  # the circuit driven (a world may serve several)
+
+
+def _norm(x: float, y: float) -> float:
+    """sqrt(x^2 + y^2), bit for bit the same under every Python: math.hypot's algorithm changed in
+    3.8, which made the same episode differ in the last bit between a 3.6 and a 3.11 world."""
+    return math.sqrt(x * x + y * y)
 
 
 def wrap_angle_distance(delta: float, length: float) -> float:

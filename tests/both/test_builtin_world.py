@@ -457,7 +457,7 @@ def test_out_of_range_controls_are_clipped_not_fatal():
 # -- through the real bridge: the shared compliance suite ---------------------------------------
 
 try:
-    from tests.compliance import WorldServerCompliance
+    from carla_client.compliance import WorldServerCompliance
 except ImportError:  # pragma: no cover - the suite lives next to this file in the repository
     WorldServerCompliance = None
 

@@ -13,8 +13,8 @@ import pytest
 from bridge.errors import ActorLostError, BridgeError, BridgeTimeoutError
 from carla_client import carla_api, carla_backend
 from bridge.schema import VehicleControl
-from carla_client.carla_backend import (CarlaActorLostError, CarlaSetupError, CarlaTimeoutError,
-                                        SensorTimeoutError, unfreeze_command)
+from carla_client.carla_backend import (CarlaActorLostError, CarlaConnectionError, CarlaSetupError,
+                                        CarlaTimeoutError, SensorTimeoutError, unfreeze_command)
 from carla_client import unfreeze
 from tests import fake_carla
 from tests.carla.support import NEUTRAL, assert_restored, make_world
@@ -213,6 +213,17 @@ def test_a_timeout_in_a_step_is_a_typed_error_and_the_session_survives(server, c
     assert_restored(server)
 
 
+def test_a_dropped_connection_in_a_step_is_a_connection_error(server):
+    with make_world(server) as world:
+        world.start()
+        world.reset(seed=0, options={})
+        server.fail("get_snapshot", error=RuntimeError("read: Connection reset by peer"))
+        with pytest.raises(CarlaConnectionError, match="Connection reset"):
+            world.step(NEUTRAL)
+        assert_tick_is_its_frame(world.step(NEUTRAL))  # the server came back: the session goes on
+    assert_restored(server)
+
+
 def test_an_ego_destroyed_from_outside_ends_the_episode_and_reset_rebuilds(server):
     with make_world(server) as world:
         world.start()
@@ -357,6 +368,9 @@ def test_libcarla_messages_map_to_typed_errors():
         ms=10, host="h", port=1)), "x", where), CarlaTimeoutError)
     assert isinstance(carla_api.translate(RuntimeError(fake_carla.DESTROYED_MESSAGE), "x", where),
                       CarlaActorLostError)
+    lost = carla_api.translate(RuntimeError("read: Connection reset by peer"), "ticking", where)
+    assert isinstance(lost, CarlaConnectionError) and isinstance(lost, ConnectionError)
+    assert "h:1" in str(lost) and "-carla-rpc-port=1" in str(lost)
     other = carla_api.translate(RuntimeError("rpc::rpc_error during call"), "spawning", where)
     assert isinstance(other, CarlaSetupError) and "spawning" in str(other) and "h:1" in str(other)
     with pytest.raises(RecursionError):  # not libcarla's: left alone
