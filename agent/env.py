@@ -43,7 +43,8 @@ RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
 #: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
 RESET_ATTEMPTS = 3
 
-#: the env's own per-episode state that a snapshot saves next to the sim's.
+#: the env's own per-episode state that a snapshot saves next to the sim's. A new attribute that
+#: changes during an episode belongs here (tests/test_branch.py fails when a restore misses one).
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
                         "_steps", "_last_completion", "_start_frame", "_start_time", "sim_frame",
                         "_np_random")
