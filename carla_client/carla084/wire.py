@@ -151,7 +151,6 @@ class WireClient(object):
         """
         control = self._episode_socket(self._control, "control")
         try:
-            control.poll()  # the server never writes here: readable means closed
             control.send(schema.Control(steer=steer, throttle=throttle, brake=brake,
                                         hand_brake=hand_brake, reverse=reverse)
                          .SerializeToString(), self.timeout)
