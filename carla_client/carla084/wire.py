@@ -165,8 +165,9 @@ class WireClient(object):
         if self._control is None or self._control.closed:
             return True
         try:
-            self._control.poll()
+            self._control.poll()  # the server never writes here: readable means closed
         except LegacyConnectionError:
+            self._close_episode_connections()
             return True
         return False
 
