@@ -43,7 +43,8 @@ RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
 #: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
 RESET_ATTEMPTS = 3
 
-#: the env's own per-episode state that a snapshot saves next to the sim's.
+#: the env's own per-episode state that a snapshot saves next to the sim's. A new attribute that
+#: changes during an episode belongs here (tests/test_branch.py fails when a restore misses one).
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
                         "_steps", "_last_completion", "_start_frame", "_start_time", "sim_frame",
                         "_np_random")
@@ -240,6 +241,12 @@ class CarlaBridgeEnv(gym.Env):
     def client(self) -> Any:
         return self._client
 
+    @property
+    def measurements(self) -> dict[str, Any] | None:
+        """The sim's raw measurements of the last tick (None before the first reset); recorded
+        datasets keep them so that a replay can compare them byte for byte."""
+        return self._measurements
+
     def bridge_stats(self) -> tuple[float, float, float]:
         """(round trip p50 seconds, p99 seconds, sim ticks per second) over recent requests."""
         if self._client is None:
@@ -285,6 +292,7 @@ class CarlaBridgeEnv(gym.Env):
         # Unseeded resets draw the sim's seed from our generator, so reset(seed=s) followed by
         # plain reset()s replays the same episodes.
         sim_seed = seed if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+        self.sim_seed = sim_seed  # what the sim is reset with: recordings keep it for replays
         return sim_seed, {**self.reset_options, **(options or {})}
 
     def end_reset(self, reply: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

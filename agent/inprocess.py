@@ -50,7 +50,8 @@ class InProcessClient:
         can_snapshot = bool(self.backend.supports_snapshot)
         self.info = ServerInfo("inprocess", self.backend.name, self.backend.version, self._spec,
                                self._session, False, can_snapshot,
-                               self.max_snapshots if can_snapshot else 0)
+                               self.max_snapshots if can_snapshot else 0,
+                               bool(self.backend.deterministic), self.backend.settings())
         return self.info
 
     def _tick(self, command: str, call, *args) -> StepReply:

@@ -72,6 +72,25 @@ def build_model(config: dict[str, Any], venv: Any) -> PPO:
                device="cpu", verbose=0, **(config.get("ppo") or {}))
 
 
+def recording_writer(config: dict[str, Any], run_dir: Path, resume: bool) -> Any:
+    """The DatasetWriter of the config's ``record:`` section (None when it is null or empty).
+
+    ``record: {dataset_id: carla/builtin/NAME-v0, infos: false}`` records every training episode
+    into that Minari dataset; a resumed run appends to it.
+
+    Raises:
+        FileExistsError: the dataset exists and this is not a resume.
+    """
+    settings = config.get("record") or {}
+    if not settings.get("dataset_id"):
+        return None
+    from agent.dataset import DatasetWriter
+
+    return DatasetWriter(str(settings["dataset_id"]), "PPO (recorded while training)",
+                         bool(settings.get("infos", False)),
+                         extra={"run_dir": str(run_dir), "seed": config.get("seed")}, append=resume)
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -82,8 +101,9 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
     save_config(config, run_dir / "config.yaml")
     torch.set_num_threads(int(config.get("torch_threads", 1)))
     n_envs = len(config["endpoints"])
+    recorder = recording_writer(config, run_dir, resume is not None)
     venv = make_vec_env(config["endpoints"], seed=config.get("seed"), vec=config.get("vec", "auto"),
-                        **env_kwargs(config))
+                        record=recorder, **env_kwargs(config))
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     if hasattr(signal, "SIGBREAK"):  # Windows: the launcher stops children with Ctrl-Break
         signal.signal(signal.SIGBREAK, _raise_interrupt)
@@ -126,6 +146,9 @@ def train(config: dict[str, Any], run_dir: Path, resume: Path | None = None) -> 
             log.debug("closing the envs: %s", e)
         if model is not None and model.logger is not None:
             model.logger.close()
+        if recorder is not None and recorder.close() is not None:
+            log.info("recorded %d episodes, %d steps into the Minari dataset %s", recorder.episodes,
+                     recorder.steps, recorder.dataset_id)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config.get("endpoints"), str):
         config["endpoints"] = [e.strip() for e in config["endpoints"].split(",") if e.strip()]
     log.info("run directory %s", run_dir)
-    return train(config, run_dir, resume)
+    try:
+        return train(config, run_dir, resume)
+    except FileExistsError as e:  # e.g. record: names a dataset that exists already
+        log.error("%s", e)
+        return 2
 
 
 if __name__ == "__main__":

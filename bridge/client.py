@@ -53,8 +53,9 @@ class _Pending(NamedTuple):
 class ServerInfo(NamedTuple):
     """What the ``hello`` reply told us about the sim side.
 
-    ``can_snapshot`` and ``max_snapshots`` come from the reply's ``capabilities`` (protocol 1.1);
-    a 1.0 server announces none, so both read as "no snapshots".
+    ``can_snapshot``, ``max_snapshots`` and ``deterministic`` come from the reply's
+    ``capabilities`` and ``sim_settings`` (what rebuilds the world, e.g. its seed) from ``sim`` (protocol
+    1.1); a 1.0 server announces none of them: no snapshots, no determinism promised, no settings.
     """
 
     protocol: str
@@ -65,6 +66,8 @@ class ServerInfo(NamedTuple):
     shm: bool
     can_snapshot: bool = False
     max_snapshots: int = 0
+    deterministic: bool = False
+    sim_settings: Optional[Dict[str, Any]] = None
     #: seconds the sim side allows itself per reset/step (hello's step_budget_seconds), if announced.
     step_budget: Optional[float] = None
 
@@ -200,7 +203,9 @@ class BridgeClient(object):
             info = ServerInfo(protocol.version_string(version), str(sim["name"]),
                               str(sim["version"]), spec, str(reply["session"]), False,
                               capabilities.get(protocol.CAPABILITY_SNAPSHOT) is True,
-                              int(capabilities.get("max_snapshots") or 0))
+                              int(capabilities.get("max_snapshots") or 0),
+                              capabilities.get("deterministic") is True,
+                              dict(sim.get("settings") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError("malformed hello reply from {}: {}".format(self.endpoint, e)) from e
         self._check_version(version)

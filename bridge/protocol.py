@@ -7,10 +7,12 @@ Revision history of PROTOCOL_VERSION (major.minor; a major mismatch is an error,
     1.2  hello's reply announces step_budget_seconds (the sim side's time per reset/step); error codes
          BridgeTimeoutError (the step budget ran out) and ActorLostError (reset rebuilds), both
          ending the episode but not the session.
+    1.3  hello's reply announces ``sim.settings`` (what rebuilds the world: its seed, tick, NPCs,
+         sensors) and ``capabilities.deterministic``; recordings keep both for exact replays.
 """
 from typing import Tuple
 
-PROTOCOL_VERSION = (1, 2)  # type: Tuple[int, int]
+PROTOCOL_VERSION = (1, 3)  # type: Tuple[int, int]
 
 DEFAULT_PORT = 5556
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:{}".format(DEFAULT_PORT)

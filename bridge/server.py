@@ -31,8 +31,9 @@ class SessionHandler(object):
     """What a world offers the server. carla_client.serve adapts a WorldBackend to this."""
 
     def describe(self) -> Dict[str, Any]:
-        """``{"name": str, "version": str, "spec": WorldSpec}`` and optionally ``"snapshot": bool``
-        (default False); constant for the process.
+        """``{"name": str, "version": str, "spec": WorldSpec}`` and optionally ``"snapshot": bool``,
+        ``"deterministic": bool`` (both default False) and ``"settings": map`` (what rebuilds the
+        world, e.g. its seed); constant for the process.
 
         Optionally ``"step_budget_seconds"``: the most a reset or step may take on this side (a
         CARLA tick plus its sensors' data), announced in ``hello`` so that the trainer's request
@@ -112,6 +113,8 @@ class BridgeServer(object):
         budget = description.get("step_budget_seconds")
         self.step_budget = float(budget) if budget is not None else None  # type: Optional[float]
         self.can_snapshot = bool(description.get("snapshot", False))
+        self.deterministic = bool(description.get("deterministic", False))
+        self.sim_settings = dict(description.get("settings") or {})
         self.max_snapshots = int(max_snapshots)
         self.use_shm = use_shm and shm_available()
         self.idle_timeout = idle_timeout
@@ -293,14 +296,16 @@ class BridgeServer(object):
                     self.session.id, body.get("client"), timeout, "on" if shm else "off")
         return {
             "protocol": list(ours),
-            "sim": {"name": self.sim_name, "version": self.sim_version},
+            "sim": {"name": self.sim_name, "version": self.sim_version,
+                    "settings": self.sim_settings},
             "spec": self.spec.to_wire(),
             "session": self.session.id,
             "shm": shm.describe() if shm is not None else None,
             "warnings": warnings,
             "step_budget_seconds": self.step_budget,
             "capabilities": {protocol.CAPABILITY_SNAPSHOT: self.can_snapshot,
-                             "max_snapshots": self.max_snapshots if self.can_snapshot else 0},
+                             "max_snapshots": self.max_snapshots if self.can_snapshot else 0,
+                             "deterministic": self.deterministic},
         }
 
     def _make_shm(self) -> Optional[ShmWriter]:

@@ -26,6 +26,11 @@ class WorldBackend(object):
     #: True when ``snapshot``/``restore`` save and restore the full state (announced in hello).
     supports_snapshot = False
 
+    def settings(self) -> Dict[str, Any]:
+        """What it takes to build this world again (JSON-able; announced in hello as
+        ``sim.settings``, kept with recorded datasets for exact replays). Default: nothing."""
+        return {}
+
     def spec(self) -> WorldSpec:
         """The observation, measurement and action fields and the tick length (constant per process)."""
         raise NotImplementedError

@@ -60,6 +60,13 @@ class SensorConfig(NamedTuple):
     def is_event(self) -> bool:
         return self.type in EVENT_TYPES
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON entry that ``sensor_from_dict`` turns back into this config."""
+        entry = {"name": self.name, "type": self.type}  # type: Dict[str, Any]
+        entry.update((key, getattr(self, key)) for key in _PLACEMENT_KEYS)
+        entry.update((k, v) for k, v in self.attributes.items() if v is not None or k != "view")
+        return entry
+
     def attr(self, key: str, default: Any) -> Any:
         return self.attributes.get(key, default)
 

@@ -10,7 +10,6 @@ from typing import Any, Iterable
 import yaml
 
 from bridge.errors import ConfigError, UnknownKeyError
-from carla_client import registry
 from launch.interpreters import find_sim_python, find_trainer_python
 from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
 
@@ -194,6 +193,10 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
     if config.cluster.max_restarts < 0:
         raise ConfigError("cluster.max_restarts must be 0 or more")
+    # imported here: the trainer reads this module (read_yaml, overrides) and never imports the sim
+    # package; only the launcher's own configuration names a world kind.
+    from carla_client import registry
+
     if config.world != "auto" and config.world not in registry.names():
         raise ConfigError(f"world must be auto or one of {', '.join(registry.names())} "
                           f"(carla_client/registry.py), not {config.world!r}")

@@ -154,7 +154,7 @@ def test_an_action_spec_the_env_cannot_drive_is_a_spec_error(action, match):
 
 def test_importing_the_trainer_never_imports_the_sim_package():
     """The schema lives in bridge/: the env, the vec envs and the trainer load no carla_client module."""
-    probe = ("import sys, agent, agent.env, agent.vec, agent.train\n"
+    probe = ("import sys, agent, agent.env, agent.vec, agent.train, launch.config, launch.overrides\n"
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'carla_client'"
              " or m == 'agent.inprocess'))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],

@@ -10,7 +10,8 @@ from bridge.client import BridgeClient
 from bridge.errors import BridgeError
 from launch.config import load_config
 from launch.placement import Supervision
-from tests.test_launch import TINY, _free_port_block, _survivors, launch_run  # noqa: F401  (fixture)
+from tests.test_launch import (TINY, _free_port_block, _standins, _survivors,  # noqa: F401
+                               launch_run)
 
 ray = pytest.importorskip("ray", reason="Ray is the optional [cluster] extra; not installed here")
 pytestmark = [pytest.mark.slow, pytest.mark.crossversion]
@@ -106,3 +107,26 @@ def test_ppo_trains_over_four_sims_on_the_cluster_and_survives_a_killed_sim(clus
     assert len(run.pids("carla_client-1")) == 2
     assert "reconnecting" in run.log("trainer")
     run.assert_nothing_left()
+    assert_no_shared_memory_left(run.pids())
+
+
+def assert_no_shared_memory_left(pids):
+    """The bridge's /dev/shm segments are named after the serving process's pid."""
+    left = [name for name in os.listdir("/dev/shm") if any(
+        name.startswith(f"carla-zmq-bridge-{pid}-") for pid in pids)]
+    assert not left, f"shared memory left behind: {left}"
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_trainer_then_every_sim_actor(cluster, launch_run):
+    run = launch_run(["cluster=ray", f"cluster.address={cluster.address}",
+                      *_standins("clients.extra_args=[--step-delay, '0.004']")],
+                     ["total_timesteps=100000"], clients=4)
+    run.wait_for(lambda: "standin trainer: 4 envs" in run.log("trainer"), 180, "the trainer to step")
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.finish(120) == 128 + signal.SIGINT
+    text = run.text()
+    assert text.index("trainer: stopping") < text.index("trainer: pid")  # trainer first, then sims
+    assert len([p for p in run.state()["processes"] if p["name"].startswith("carla_client")]) == 4
+    run.assert_nothing_left()
+    assert_no_shared_memory_left(run.pids())

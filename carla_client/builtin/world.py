@@ -116,6 +116,13 @@ class BuiltinWorld(WorldBackend):
     def spec(self) -> WorldSpec:
         return self._spec
 
+    def settings(self) -> Dict[str, Any]:
+        """``python -m carla_client`` rebuilds this world from these (vehicle and track parameters
+        are the defaults there)."""
+        return {"seed": self.seed, "tick_seconds": self.tick_seconds,
+                "npc_vehicles": self.traffic.count,
+                "sensors": [sensor.to_dict() for sensor in self.sensors]}
+
     def stop(self) -> None:
         self._state = None  # the next session starts with a reset
 
@@ -272,7 +279,7 @@ class BuiltinWorld(WorldBackend):
                     dvx = moved.vx - npc_v * math.cos(yaw[i])
                     dvy = moved.vy - npc_v * math.sin(yaw[i])
                     self.traffic.hold(int(i))
-                    return "vehicle", self.vehicle.mass * math.hypot(dvx, dvy)
+                    return "vehicle", self.vehicle.mass * _norm(dvx, dvy)
         return None
 
     def _stop_npcs_touching(self, state: VehicleState) -> None:
@@ -303,7 +310,7 @@ class BuiltinWorld(WorldBackend):
             "location": np.array([state.x, state.y, 0.0]),
             "yaw": math.degrees(wrap_angle(state.yaw)),
             "velocity": np.array([state.vx, state.vy, 0.0]),
-            "speed": math.hypot(state.vx, state.vy),
+            "speed": _norm(state.vx, state.vy),
             "acceleration": np.array([(state.vx - previous.vx) / dt, (state.vy - previous.vy) / dt,
                                       0.0]),
             "lateral_offset": projection.lateral,
@@ -334,6 +341,12 @@ class _Snapshot(NamedTuple):
     projection: Projection
     rng: Tuple[Any, ...]
     traffic: Dict[str, Any]
+
+
+def _norm(x: float, y: float) -> float:
+    """sqrt(x^2 + y^2), bit for bit the same under every Python: math.hypot's algorithm changed in
+    3.8, which made the same episode differ in the last bit between a 3.6 and a 3.11 world."""
+    return math.sqrt(x * x + y * y)
 
 
 def wrap_angle_distance(delta: float, length: float) -> float:
