@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from agent.action import ActionMapping
-from agent.observation import StateEncoder, find_camera, to_rgb
+from agent.observation import LEAD_MEASUREMENTS, StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
 from bridge.client import BridgeClient
 from bridge.errors import (EPISODE_ENDING_REMOTE_ERRORS, BridgeTimeoutError, PeerDisconnectedError,
@@ -84,7 +84,9 @@ class CarlaBridgeEnv(gym.Env):
         - ``vehicle_state``: ``Box(-1, 1, (n,), float32)``, the features of
           ``agent.observation.STATE_FEATURES`` (speed, speed error, lateral offset, sin/cos heading
           error, lateral velocity, heading-error rate, lane curvature, previous steer and pedal),
-          each scaled and clipped to [-1, 1].
+          each scaled and clipped to [-1, 1]; with ``lead_vehicle=True`` followed by those of
+          ``LEAD_FEATURES`` (gap, closing speed and inverse time to collision to the vehicle ahead
+          in the ego's lane).
 
     Action space, from the bounds of the sim's announced ``steer``/``throttle``/``brake`` fields
     (agent.action.ActionMapping; CARLA's ranges give these):
@@ -126,7 +128,10 @@ class CarlaBridgeEnv(gym.Env):
             another trainer owns the sim side: that raises SessionBusyError at once.
         reconnect_timeout: seconds to keep trying to reconnect before giving up.
         reset_options: options passed to the sim's reset.
-        render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
+        lead_vehicle: add the vehicle-ahead features to ``vehicle_state`` (the sim must announce the
+            ``lead_distance`` and ``lead_closing_speed`` measurements).
+        render_mode: None or ``"rgb_array"`` (the last frame of the sim's first colour camera, at
+            its resolution, whether or not the policy sees a camera).
         client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
         curve: a CurveZMQ key directory (``python -m bridge.keys DIR``) for a sim side started with
             ``--curve``: its ``server.key`` and ``client.key_secret`` are used.
@@ -142,7 +147,8 @@ class CarlaBridgeEnv(gym.Env):
                  terminate_on_collision: bool = True, terminate_on_off_road: bool = True,
                  reward: RewardConfig | dict[str, Any] | None = None,
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
-                 reset_options: dict[str, Any] | None = None, render_mode: str | None = None,
+                 reset_options: dict[str, Any] | None = None, lead_vehicle: bool = False,
+                 render_mode: str | None = None,
                  client_factory: Callable[[], Any] | None = None, curve: str | None = None) -> None:
         if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
@@ -181,9 +187,17 @@ class CarlaBridgeEnv(gym.Env):
             raise
         self.tick_seconds = spec.tick_seconds
         self._camera = find_camera(spec.observation, camera)
+        self._render_camera = self._camera or find_camera(spec.observation, "auto")
         self._camera_size = None if camera_size is None else (int(camera_size[0]), int(camera_size[1]))
+        if lead_vehicle:
+            missing = [n for n in LEAD_MEASUREMENTS if n not in {f.name for f in spec.measurements}]
+            if missing:
+                self.close()
+                raise SpecError(f"lead_vehicle=True, but the sim at {endpoint} does not report "
+                                f"{missing} (an older carla_client?): update it, or set "
+                                "env.lead_vehicle=false")
         self._encoder = StateEncoder(spec.tick_seconds, self.reward_config.target_speed,
-                                     self.reward_config.lane_half_width)
+                                     self.reward_config.lane_half_width, lead_vehicle)
         obs_spaces: dict[str, spaces.Space] = {}
         if self._camera is not None:
             h, w = self._camera_size or self._camera.shape[:2]
@@ -389,6 +403,8 @@ class CarlaBridgeEnv(gym.Env):
             "off_road": off_road,
             "steer": control["steer"], "throttle": control["throttle"], "brake": control["brake"],
         }
+        if "lead_distance" in m:
+            info["lead_distance"] = float(m["lead_distance"])
         if terminated or truncated:
             info["episode_metrics"] = self._metrics(completion, lap_completed)
         return obs, reward, terminated, truncated, info
@@ -478,11 +494,10 @@ class CarlaBridgeEnv(gym.Env):
     # ---------------------------------------------------------------- helpers
     def _observe(self, sensors: dict[str, np.ndarray], state: np.ndarray) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
+        if self.render_mode == "rgb_array" and self._render_camera is not None:
+            self._last_frame = to_rgb(np.asarray(sensors[self._render_camera.name]), None)
         if self._camera is not None:
-            image = np.asarray(sensors[self._camera.name])
-            if self.render_mode == "rgb_array":
-                self._last_frame = to_rgb(image, None)
-            obs["camera"] = to_rgb(image, self._camera_size)
+            obs["camera"] = to_rgb(np.asarray(sensors[self._camera.name]), self._camera_size)
         obs["vehicle_state"] = state
         self._last_obs = obs
         return self._copy_obs(obs)

@@ -39,6 +39,7 @@ class ClientConfig(NamedTuple):
     tick: float
     carla_timeout: float
     npc_vehicles: int
+    circuits: int
     tick_latency_ms: float
     shm: bool
     idle_timeout: float
@@ -86,6 +87,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
         help="CARLA client timeout (default: %(default)s)")
     arg("--npc", dest="npc_vehicles", metavar="N", type=int, default=0,
         help="NPC vehicles in the built-in world (default: %(default)s)")
+    arg("--circuits", metavar="K", type=int, default=1,
+        help="built-in world: serve K circuits, world seeds SEED .. SEED+K-1, one drawn at each reset "
+             "from the reset's seed (or named by the world_seed reset option) (default: %(default)s)")
     arg("--tick-latency-ms", metavar="L", type=float, default=0.0,
         help="built-in world only: every tick takes at least L ms of wall time, sleeping the rest, "
              "to emulate a CARLA server bound by GPU rendering (default: %(default)s)")
@@ -109,6 +113,8 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     args = vars(parser.parse_args(argv))
     if not args["tick"] > 0:
         parser.error("--tick must be positive")
+    if args["circuits"] < 1:
+        parser.error("--circuits must be at least 1")
     if not 0.0 <= args["tick_latency_ms"] <= 10000.0:
         parser.error("--tick-latency-ms must be in [0, 10000]")
     if args["tick_latency_ms"] and args["world"] != "builtin":

@@ -57,6 +57,8 @@ class BackendInfo(NamedTuple):
         server_flags: the common carla_client flags this backend reads (``--host``, ``--port``,
             ``--tm-port``); the launcher passes exactly these.
         ports_per_server: TCP ports one server uses from its port upwards.
+        standin: a command that serves this kind without the real simulator (``{port}`` replaced),
+            quoted in advice when no server answers; empty if there is none.
     """
 
     name: str
@@ -69,6 +71,7 @@ class BackendInfo(NamedTuple):
     server_args: Tuple[str, ...] = ()
     server_flags: Tuple[str, ...] = ()
     ports_per_server: int = 0
+    standin: str = ""
 
     @property
     def needs_server(self) -> bool:
@@ -90,6 +93,13 @@ class BackendInfo(NamedTuple):
 
     def server_argv(self, port: int) -> List[str]:
         return [arg.format(port=port) for arg in self.server_args]
+
+    def start_hint(self, port: int) -> str:
+        """How to start a server of this kind on ``port``, for error messages."""
+        hint = "`./CarlaUE4.sh {}`".format(" ".join(self.server_argv(port)))
+        if self.standin:
+            hint += " (or without the simulator: `{}`)".format(self.standin.format(port=port))
+        return hint
 
     def build(self, config: Any, sensors: Sequence[Any]) -> Any:
         """Imports the factory and builds the world.
@@ -209,4 +219,5 @@ register(BackendInfo(
     requires_any=(("google.protobuf", "carla.client"),),
     server_args=("-carla-server", "-carla-world-port={port}", "-benchmark", "-fps=20"),
     server_flags=("--host", "--port"),
-    ports_per_server=3))
+    ports_per_server=3,
+    standin="python -m carla_client.carla084_server --port {port}"))

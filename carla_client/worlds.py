@@ -12,7 +12,7 @@ def builtin(config: Any, sensors: Sequence[SensorConfig]) -> WorldBackend:
     """The built-in world (``--world builtin``)."""
     from carla_client.builtin import BuiltinWorld
     return BuiltinWorld(sensors=sensors, tick_seconds=config.tick, seed=config.seed,
-                        npc_vehicles=config.npc_vehicles,
+                        npc_vehicles=config.npc_vehicles, circuits=config.circuits,
                         tick_latency=config.tick_latency_ms / 1000.0)
 
 

@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: --resume {args.resume}: no such run directory or checkpoint", file=sys.stderr)
         return 2
     from launch.supervisor import Launcher
-    _setup_logging(args.log_level)
+    handler = _setup_logging(args.log_level)
     launcher = Launcher(config, trainer_overrides, keep_tensorboard=args.keep_tensorboard,
-                        keep_tensorboard_seconds=args.keep_tensorboard_seconds, resume=args.resume)
+                        keep_tensorboard_seconds=args.keep_tensorboard_seconds, resume=args.resume,
+                        log_handler=handler)
     launcher.logs_dir.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(launcher.logs_dir / "launcher.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

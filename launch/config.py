@@ -16,6 +16,8 @@ from launch.overrides import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+#: console: auto = the live panel in a terminal, plain progress lines otherwise.
+CONSOLE_MODES = ("auto", "live", "plain", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,8 @@ class ClientsSection:
     base_port: int
     sensors: str | None
     seed: int
+    npc_vehicles: int
+    circuits: int
     extra_args: tuple[str, ...]
     ready_timeout: float
     stop_timeout: float
@@ -114,6 +118,8 @@ class LaunchConfig:
     trainer: TrainerSection
     tensorboard: TensorBoardSection
     cluster: ClusterSection
+    console: str = "auto"
+    view: bool = False
     curve: str | None = None
 
     @property
@@ -188,9 +194,13 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         restart=section(RestartSection, raw["restart"], "restart"),
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
+        console=_coerce(raw.get("console", "auto"), "str", "console"),
+        view=_coerce(raw.get("view", False), "bool", "view"),
         cluster=section(ClusterSection, raw["cluster"], "cluster"),
         curve=_coerce(raw.get("curve"), "str | None", "curve"),
     )
+    if config.console not in CONSOLE_MODES:
+        raise ConfigError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
     if config.cluster.kind not in ("local", "ray"):
         raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
     if config.cluster.max_restarts < 0:
@@ -204,6 +214,8 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
                           f"(carla_client/registry.py), not {config.world!r}")
     if config.clients.count < 1:
         raise ConfigError("clients.count must be at least 1")
+    if config.clients.npc_vehicles < 0 or config.clients.circuits < 1:
+        raise ConfigError("clients.npc_vehicles must be >= 0 and clients.circuits >= 1")
     for name, port in (("clients.base_port", config.clients.base_port),
                        ("carla.port", config.carla.port), ("tensorboard.port", config.tensorboard.port)):
         if not 1 <= port <= 65535:

@@ -241,7 +241,7 @@ def check_carla(config: LaunchConfig, sim_python: str | None, sim_has_carla: boo
             wait_tcp(carla.host, port, time.monotonic() + 3.0)
         except NotReady:
             rows.append(Row(FAIL, f"CARLA server {carla.host}:{port}", "no answer",
-                            f"start it: `./CarlaUE4.sh {' '.join(info.server_argv(port))}`; on "
+                            f"start it: {info.start_hint(port)}; on "
                             f"another host open TCP ports {port}-{port + 2} in its firewall; or set "
                             "carla.executable to let the launcher start it"))
             continue

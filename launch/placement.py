@@ -131,8 +131,7 @@ class LocalPlacement(Placement):
                 except NotReady as e:
                     raise LaunchError(
                         f"no {self.config.world_kind} server answers on {carla.host}:{port} ({e}). "
-                        f"Start one (`./CarlaUE4.sh "
-                        f"{' '.join(registry.get(self.config.world_kind).server_argv(port))}`), set "
+                        f"Start one ({registry.get(self.config.world_kind).start_hint(port)}), set "
                         "carla.executable so the launcher starts it, or use world=builtin") from e
             return
         taken = busy_ports("127.0.0.1", [p + k for p in ports for k in range(3)])

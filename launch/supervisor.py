@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from agent.status import read_status, status_path
 from launch import commands
+from launch.console import ProcessRow, Snapshot, make_console, trainer_health
 from launch.config import LaunchConfig, default_run_name, resolve_interpreters
 from launch.placement import LocalPlacement, Placement, SimClient, Supervision
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, describe_exit,
@@ -41,8 +43,10 @@ class Launcher:
 
     def __init__(self, config: LaunchConfig, trainer_overrides: Sequence[str] = (),
                  keep_tensorboard: bool = False, keep_tensorboard_seconds: float = 0.0,
-                 resume: Path | None = None, launcher_python: str = sys.executable) -> None:
+                 resume: Path | None = None, launcher_python: str = sys.executable,
+                 log_handler: logging.StreamHandler | None = None) -> None:
         self.config = config
+        self.log_handler = log_handler  # the console routes it above its live panel
         self.resume = resume
         self.keep_tensorboard = keep_tensorboard
         self.keep_tensorboard_seconds = keep_tensorboard_seconds
@@ -76,6 +80,7 @@ class Launcher:
         self._stop_signal: int | None = None
         self._signal_count = 0
         self._shutting_down = False
+        self.console: Any = None
 
     @property
     def servers(self) -> list[ManagedProcess]:
@@ -119,6 +124,9 @@ class Launcher:
         code = 1
         try:
             self._prepare()
+            self.console = make_console(self.config.console, self.snapshot, self.log_handler)
+            if self.console is not None:
+                self.console.start()
             log.info("run %s: logs in %s", self.run_name, self.logs_dir)
             assert self.placement is not None  # _prepare chose it
             self.placement.start()
@@ -140,6 +148,9 @@ class Launcher:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                if self.console is not None:
+                    self.console.update(final=True)
+                    self.console.stop()
         log.info("launcher exits with %d", code)
         return code
 
@@ -165,6 +176,39 @@ class Launcher:
         self.placement.check_free()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_state()
+
+    # ---------------------------------------------------------------- console
+
+    def snapshot(self) -> Snapshot:
+        """What the console shows now (called from the console's refresh thread too: reads only)."""
+        rows = [self._row(server) for server in list(self.servers)]
+        for client in list(self.clients):
+            row = self._row(client.process)
+            if client.restart_at is not None:
+                row.state, row.ok = "restarting", False
+            rows.append(row)
+        status = read_status(status_path(self.run_dir))
+        trainer_row = None
+        if self.trainer is not None:
+            trainer = self.trainer
+            alive = trainer.alive()
+            text, ok = trainer_health(status, alive, describe_exit(trainer.returncode),
+                                      trainer.started_at, time.time())
+            trainer_row = ProcessRow(trainer.name, text, max(trainer.starts - 1, 0), trainer.log_path,
+                                     ok)
+            rows.append(trainer_row)
+        if self.tensorboard is not None:
+            rows.append(self._row(self.tensorboard))
+        return Snapshot(self.run_name, self.tensorboard_url, rows, status, trainer_row)
+
+    @staticmethod
+    def _row(process: ManagedProcess) -> ProcessRow:
+        if process.proc is None:
+            return ProcessRow(process.name, "not started", 0, process.log_path)
+        code = process.returncode
+        state = "running" if code is None else f"exited {describe_exit(code)}"
+        return ProcessRow(process.name, state, max(process.starts - 1, 0), process.log_path,
+                          code is None or code == 0)
 
     # ---------------------------------------------------------------- starting
 
@@ -263,6 +307,8 @@ class Launcher:
                 tensorboard_reported = True
                 log.warning("tensorboard: exited with %s (see %s); training goes on",
                             describe_exit(self.tensorboard.returncode), self.tensorboard.log_path)
+            if self.console is not None:
+                self.console.update()
             self.trainer.wait(PROBE_SECONDS)
 
     def _after_training(self) -> None:

@@ -79,11 +79,15 @@ def test_auto_takes_the_wire_client_when_no_pythonclient_is_installed(wire_endpo
 
 @pytest.mark.crossversion
 @pytest.mark.slow
-def test_the_env_steps_through_and_a_server_timeout_truncates_the_episode(sim_python, tmp_path):
+@pytest.mark.parametrize("legacy_client", ["wire", "pythonclient"])
+def test_the_env_steps_through_and_a_server_timeout_truncates_the_episode(sim_python, legacy_client):
     from agent.env import CarlaBridgeEnv
 
     server = start_server(sim_python, "--server-timeout", "1500")
-    client = start_client(sim_python, server.port, "wire", "--server-timeout", "1.5")
+    env = {"PYTHONPATH": os.pathsep.join([DOUBLE, REPO_ROOT])} if legacy_client == "pythonclient" \
+        else None
+    client = start_client(sim_python, server.port, legacy_client, "--server-timeout", "1.5",
+                          env=env)
     try:
         with CarlaBridgeEnv(client.endpoint, timeout=20.0, reconnect=True) as env:
             obs, info = env.reset(seed=0)

@@ -9,6 +9,7 @@ out of the SceneDescription (a refusal the client can see) and logged.
 """
 import logging
 import math
+import random
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
@@ -103,7 +104,7 @@ class EpisodeWorld(object):
     """
 
     def __init__(self, settings: EpisodeSettings, seed: int, tick_seconds: float,
-                 rng: np.random.RandomState, world_cache: Dict[Any, BuiltinWorld]) -> None:
+                 rng: random.Random, world_cache: Dict[Any, BuiltinWorld]) -> None:
         self.settings = settings
         self.tick_seconds = tick_seconds
         sensors = [c for _, _, c in settings.cameras] + [
@@ -121,10 +122,10 @@ class EpisodeWorld(object):
         self._driver = PurePursuit(world.track, world.vehicle)
         ids = set()  # type: set
         while len(ids) < len(settings.cameras):
-            ids.add(int(rng.randint(1, 2 ** 32 - 1, dtype=np.uint64)))
+            ids.add(rng.randint(1, 2 ** 32 - 1))
         self.sensor_ids = dict(zip((s.name for s, _, _ in settings.cameras), sorted(ids)))
         self._episode_seed = (settings.seed_vehicles if settings.seed_vehicles is not None
-                              else int(rng.randint(0, 2 ** 31 - 1)))
+                              else rng.randint(0, 2 ** 31 - 1))
         self._collisions = {}  # type: Dict[str, float]
         self._frames = 0
         self._tick = None  # type: Optional[Tick]

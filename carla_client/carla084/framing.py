@@ -9,7 +9,7 @@ import select
 import socket
 import struct
 import time
-from typing import Optional
+from typing import List, Optional, Sequence
 
 from carla_client.carla084.errors import (LegacyConnectionError, LegacyProtocolError,
                                           LegacyTimeoutError)
@@ -70,16 +70,27 @@ class FramedSocket(object):
         return self._sock
 
     def send(self, payload: bytes, timeout: float) -> None:
-        """Writes one message (several buffers are sent as one message, concatenated).
+        """Writes one message.
 
         Raises:
             LegacyTimeoutError: the peer did not read for ``timeout`` seconds.
             LegacyConnectionError: the connection is closed or broken.
         """
+        self.send_many([payload], timeout)
+
+    def send_many(self, payloads: Sequence[bytes], timeout: float) -> None:
+        """Writes several messages with one system call (a stream frame: measurements, sensors, b"").
+
+        Raises:
+            as send().
+        """
         sock = self._live()
+        parts = []  # type: List[bytes]
+        for payload in payloads:
+            parts += (_LENGTH.pack(len(payload)), payload)
         try:
             sock.settimeout(timeout)
-            sock.sendall(_LENGTH.pack(len(payload)) + payload)
+            sock.sendall(b"".join(parts))
         except socket.timeout as e:
             raise LegacyTimeoutError("{}: could not write for {:g} s: the peer stopped reading"
                                      .format(self.name, timeout)) from e

@@ -9,12 +9,12 @@ come at the tick rate in real time and the newest control counts. Frame numbers 
 One world client is served at a time; others wait in the listen backlog.
 """
 import logging
+import random
 import select
 import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 from google.protobuf.message import DecodeError
 
 from bridge.errors import SpecError
@@ -87,7 +87,7 @@ class Carla084Server(object):
         self.server_timeout = float(server_timeout)
         self.tick_seconds = float(tick_seconds)
         self._should_stop = should_stop or (lambda: False)
-        self._rng = np.random.RandomState(self.seed & 0xFFFFFFFF)
+        self._rng = random.Random(self.seed)
         self._worlds = {}  # type: Dict[Any, BuiltinWorld]
         self.frame_number = 0
         self.episodes = 0
@@ -258,9 +258,7 @@ class Carla084Server(object):
 
     def _send_frame(self, stream: FramedSocket, messages: List[bytes]) -> Optional[FramedSocket]:
         try:
-            for message in messages:
-                stream.send(message, self.server_timeout)
-            stream.send(b"", self.server_timeout)
+            stream.send_many(messages + [b""], self.server_timeout)  # the empty message ends a frame
             return stream
         except LegacyTimeoutError:
             logger.warning("a stream write blocked for ServerTimeOut (%g s): closing the stream "

@@ -151,7 +151,6 @@ class WireClient(object):
         """
         control = self._episode_socket(self._control, "control")
         try:
-            control.poll()  # the server never writes here: readable means closed
             control.send(schema.Control(steer=steer, throttle=throttle, brake=brake,
                                         hand_brake=hand_brake, reverse=reverse)
                          .SerializeToString(), self.timeout)
@@ -166,8 +165,9 @@ class WireClient(object):
         if self._control is None or self._control.closed:
             return True
         try:
-            self._control.poll()
+            self._control.poll()  # the server never writes here: readable means closed
         except LegacyConnectionError:
+            self._close_episode_connections()
             return True
         return False
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from bridge.errors import ProtocolError, SessionError, SpecError
-from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import Tick, WorldSpec
 from carla_client.backend import WorldBackend
 from carla_client.carla084.errors import EpisodeLostError, LegacyConnectionError, LegacyError
@@ -41,6 +41,8 @@ DEFAULT_ROUTE_LENGTH = 1000.0
 COLLISION_KINDS = (("collision_vehicles", "vehicle"), ("collision_pedestrians", "pedestrian"),
                    ("collision_other", "other"))
 INVASION_KINDS = (("intersection_otherlane", "OtherLane"), ("intersection_offroad", "OffRoad"))
+#: half the width of the band ahead of the ego in which another vehicle counts as the lead (metres).
+LEAD_HALF_WIDTH = 1.75
 
 
 class EpisodeLost(EpisodeLostError, SessionError):
@@ -96,8 +98,10 @@ class Carla084World(WorldBackend):
         self.server_timeout = float(server_timeout)
         self.connect_timeout = float(connect_timeout)
         self.invasion_threshold = float(invasion_threshold)
+        # Other vehicles' poses (for the lead-vehicle measurements) come only when asked for.
         self.level = LevelSettings(synchronous=True, weather=int(weather), vehicles=int(vehicles),
-                                   pedestrians=int(pedestrians), quality=quality)
+                                   pedestrians=int(pedestrians), quality=quality,
+                                   send_non_player_agents=int(vehicles) > 0)
         self._module = pythonclient_module
         self._rng = random.Random(seed)
         self._report_collisions = any(s.type == COLLISION for s in self.sensors)
@@ -273,6 +277,8 @@ class Carla084World(WorldBackend):
             "route_completion": self._route_distance / self._route_length,
             "off_road": current["intersection_offroad"] > 0.5,
         }
+        m["lead_distance"], m["lead_closing_speed"] = self._lead(measurements, location.x,
+                                                                 location.y, rad, speed)
         return Tick(frame, int(measurements.game_timestamp) / 1000.0, observation, m, events)
 
     def _events(self, frame: int, current: Dict[str, float]) -> List[Dict[str, Any]]:
@@ -292,6 +298,27 @@ class Carla084World(WorldBackend):
             if crossed:
                 events.append({"type": "lane_invasion", "frame": frame, "markings": crossed})
         return events
+
+    @staticmethod
+    def _lead(measurements: Any, x: float, y: float, yaw: float, speed: float) -> Any:
+        """(bumper distance, closing speed) to the nearest vehicle ahead within a lane-wide band,
+        from the non-player agents (sent with SendNonPlayerAgentsInfo); (LEAD_RANGE, 0) if none."""
+        best = (LEAD_RANGE, 0.0)
+        ego_half = float(measurements.player_measurements.bounding_box.extent.x)
+        c, s = math.cos(yaw), math.sin(yaw)
+        for agent in measurements.non_player_agents:
+            if agent.WhichOneof("agent") != "vehicle":
+                continue
+            other = agent.vehicle
+            dx = other.transform.location.x - x
+            dy = other.transform.location.y - y
+            ahead, lateral = dx * c + dy * s, -dx * s + dy * c
+            gap = ahead - ego_half - float(other.bounding_box.extent.x)
+            if ahead <= 0 or abs(lateral) > LEAD_HALF_WIDTH or gap >= best[0]:
+                continue
+            relative = math.radians(other.transform.rotation.yaw) - yaw
+            best = (max(0.0, gap), speed - float(other.forward_speed) * math.cos(relative))
+        return best
 
     @staticmethod
     def _blank(sensor: SensorConfig) -> np.ndarray:

@@ -317,3 +317,34 @@ def test_a_stalled_server_is_a_timeout():
             world.reset(seed=1)
     finally:
         listener.close()
+
+
+def test_lead_vehicle_from_the_other_agents():
+    m = schema.Measurements()
+    m.player_measurements.bounding_box.extent.x = 2.0
+    for agent_id, (x, y, yaw, speed) in enumerate([(20.0, 0.5, 0.0, 3.0), (10.0, 5.0, 0.0, 1.0),
+                                                   (-8.0, 0.0, 0.0, 9.0), (35.0, -0.4, 0.0, 0.0)]):
+        vehicle = m.non_player_agents.add(id=agent_id + 1).vehicle
+        vehicle.transform.CopyFrom(schema.transform((x, y, 0.0), (0.0, yaw, 0.0)))
+        vehicle.forward_speed = speed
+        vehicle.bounding_box.extent.x = 2.3
+    m.non_player_agents.add(id=9).traffic_light.state = 2
+    distance, closing = Carla084World._lead(m, 0.0, 0.0, 0.0, 8.0)
+    assert distance == pytest.approx(20.0 - 2.0 - 2.3) and closing == pytest.approx(5.0)
+    assert Carla084World._lead(schema.Measurements(), 0.0, 0.0, 0.0, 8.0) == (50.0, 0.0)
+
+
+def test_other_vehicles_are_sent_when_asked_and_feed_the_lead_measurements(server):
+    client, _ = connect(server, level=LevelSettings(vehicles=8, send_non_player_agents=True))
+    with client:
+        client.start_episode(0)
+        m, _ = client.read_data(5.0)
+        assert [a.WhichOneof("agent") for a in m.non_player_agents] == ["vehicle"] * 8
+        assert len({a.id for a in m.non_player_agents}) == 8
+    with world_for(server, vehicles=8) as world:
+        tick = world.reset(seed=4)
+        assert 0.0 <= tick.measurements["lead_distance"] <= 50.0
+    with world_for(server, vehicles=0) as alone:
+        tick = alone.reset(seed=4)
+        assert (tick.measurements["lead_distance"], tick.measurements["lead_closing_speed"]) == (
+            50.0, 0.0)

@@ -52,6 +52,10 @@ def test_python_ranges():
     assert info.python_range() == "Python 3.5 to 3.12"
     assert registry.get("builtin").python_range() == "Python >= 3.6"
     assert registry.get("carla").server_argv(2000) == ["-RenderOffScreen", "-carla-rpc-port=2000"]
+    assert registry.get("carla").start_hint(2000) == \
+        "`./CarlaUE4.sh -RenderOffScreen -carla-rpc-port=2000`"
+    assert "python -m carla_client.carla084_server --port 2000" in \
+        registry.get("carla084").start_hint(2000)
 
 
 def test_the_command_line_offers_every_world():
