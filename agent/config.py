@@ -35,6 +35,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 #: the largest camera side, as on the sim side (carla_client.sensors.MAX_CAMERA_SIDE).
 MAX_CAMERA_SIDE = 4096
+#: keys the trainer itself adds to the config it saves next to a run (read back by --resume).
+RECORDED_KEYS = ("resolved_device",)
 #: sections whose values may be null where the default is not (their APIs take None).
 _NULLABLE_SECTIONS = ("env", "ppo", "policy")
 
@@ -44,7 +46,7 @@ def check_config(config: dict[str, Any]) -> None:
 
     Known keys: those of the default config, and in each section the parameters of what receives it
     (``CarlaBridgeEnv``, ``stable_baselines3.PPO``, ``RewardConfig``, the policy's four). A value must
-    have the type of its default (an int is fine where a float is expected).
+    have the type of its default (ints and floats are both numbers).
 
     Raises:
         ConfigError (a ValueError): one sentence naming the first unknown or ill-typed key.
@@ -122,6 +124,8 @@ def _check_mapping(config: dict[str, Any], defaults: dict[str, Any],
                 _check_type(f"{path}.{sub}", sub_value, known[sub])
             continue
         if key not in defaults:
+            if where == "" and key in RECORDED_KEYS:
+                continue
             raise ConfigError(f"unknown key {path}; known: {', '.join(sorted(defaults))}")
         _check_type(path, value, defaults[key])
 
@@ -130,7 +134,8 @@ def _check_type(path: str, value: Any, default: Any) -> None:
     """``value`` must be of ``default``'s type (no check where the default is None)."""
     if default is None:
         return
-    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple),
+    # a number is a number: a default of 15 (minutes, say) does not make 0.5 wrong
+    kinds = {bool: (bool,), int: (int, float), float: (int, float), str: (str,), list: (list, tuple),
              tuple: (list, tuple), dict: (dict,)}
     expected = next((k for t, k in kinds.items() if type(default) is t), None)
     if expected is None:

@@ -66,7 +66,7 @@ def test_carla_client_refuses_huge_cameras(tmp_path, sim_python):
     (["ppo.bogus=1"], "unknown key ppo.bogus"),
     (["env.bogus=1"], "unknown key env.bogus"),
     (["total_timesteps=abc"], "total_timesteps must be int"),
-    (["ppo.n_steps=1.5"], "ppo.n_steps must be int"),
+    (["ppo.n_steps=many"], "ppo.n_steps must be int"),
     (["reward.speed=yes"], "reward.speed must be float"),
     (["env.camera_size=[100000,100000]"], "each 1-4096"),
     (["endpoints=tcp://127.0.0.1:99999"], "port 99999 is outside 1-65535"),
