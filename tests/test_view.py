@@ -111,3 +111,28 @@ def _save_png(rgb, path):
     if path:
         import cv2
         cv2.imwrite(path, rgb[..., ::-1])
+
+
+@needs_xvfb
+@needs_gui
+def test_training_with_view_shows_the_first_envs_camera(display, tmp_path):
+    command = [sys.executable, "-m", "agent.train", "--run-name", "viewed", f"runs_dir={tmp_path}",
+               "endpoints=inprocess://builtin?npc=2", "view=true", "total_timesteps=2048",
+               "ppo.n_steps=256", "ppo.batch_size=64", "ppo.n_epochs=1", "progress_bar=false"]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(display), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lit = 0
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            lit = max(lit, int((display.screenshot().max(axis=2) > 0).sum()))
+            time.sleep(0.2)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "live view off" not in err
+    assert lit > 300 * 300, "no window of the camera's size appeared while training"
+    assert (tmp_path / "viewed" / "model.zip").is_file()
