@@ -555,17 +555,29 @@ class BridgeClient(object):
                                  None if reply is None else reply.get("seq"), seq)
                     continue
                 return reply
-            if self._monitor.poll_disconnected() and self._monitor.handshake_failure is None:
+            if self._monitor.poll_disconnected() and not self._handshake_failed():
+                hint = ("; or it requires CurveZMQ (--curve): pass curve=DIR with its keys"
+                        if self._monitor.handshake_failure is not None else "")
                 raise PeerDisconnectedError(
                     "the sim side at {} dropped the connection while we waited for the reply to {} "
                     "#{}: carla_client probably crashed or was killed; check its log, then restart "
-                    "it".format(self.endpoint, command, seq))
-            if self._monitor.handshake_failure is not None:
+                    "it{}".format(self.endpoint, command, seq, hint))
+            if self._handshake_failed():
                 raise self._handshake_error()
             if remaining <= 0:
                 raise BridgeTimeoutError(self._timeout_message(command, seq, pending.timeout))
             if not block:
                 return None
+
+    def _handshake_failed(self) -> bool:
+        """A handshake failure that means "no service here", not a connection dropped mid-way.
+
+        Without CURVE, a failure without detail is just a connection that dropped during the
+        handshake (the server restarting, or its memory guard); ZeroMQ reconnects by itself.
+        """
+        event = self._monitor.handshake_failure
+        return event is not None and (self.curve is not None
+                                      or event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
     def _handshake_error(self) -> BridgeError:
         event = self._monitor.handshake_failure
@@ -591,7 +603,7 @@ class BridgeClient(object):
             if self._socket.poll(min(remaining, _LIVENESS_SLICE_SECONDS) * 1000, zmq.POLLOUT):
                 return
             self._monitor.poll_disconnected()
-            if self._monitor.handshake_failure is not None:
+            if self._handshake_failed():
                 raise self._handshake_error()
 
     def _receive(self, seq: int) -> Optional[Dict[str, Any]]:

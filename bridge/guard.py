@@ -9,10 +9,12 @@ The guard is a thread that watches the server process's resident memory (``/proc
 microseconds per look) and the ROUTER socket's connections (socket-monitor events carry each accepted
 connection's file descriptor). When the process has grown by more than its budget over the baseline, it
 shuts down (``shutdown(2)``, never ``close``: libzmq still owns the descriptor) every connection but the
-session owner's; libzmq then sees the end of the stream, drops the connection and frees its buffered
-frames, and the guard hands the freed heap back to the system (glibc ``malloc_trim``). Well-behaved
-clients reconnect on their own (DEALER sockets do), and the trainer that owns the session is left alone
-unless the process grows to twice the budget.
+session owner's (its request and heartbeat connections); libzmq then sees the end of the stream, drops
+the connection and frees its buffered frames, and the guard hands the freed heap back to the system (glibc ``malloc_trim``). Well-behaved
+clients reconnect on their own (DEALER sockets do). The trainer's request connection is never dropped,
+nor its heartbeat connection once a heartbeat came over it. The budget must cover the world's own
+growth after serving starts (a CARLA session with many sensors may need more: ``--memory-budget``);
+past it, every other peer is refused, which the log says once per 10 s.
 """
 import ctypes
 import ctypes.util
@@ -21,7 +23,7 @@ import os
 import socket
 import threading
 import time
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -115,12 +117,12 @@ class ConnectionGuard(object):
     """Tracks a ROUTER socket's connections and drops memory hogs (see the module docstring).
 
     Create it in the thread that owns the socket (it installs the socket monitor), then ``start()``.
-    ``owner`` is the connection whose requests the current session accepts; the server sets it.
+    ``protected`` holds the session owner's connections (requests and heartbeats); the server sets it.
 
     Args:
         sock: the server's ROUTER socket.
-        budget: bytes of growth over the baseline RSS before non-owner connections are dropped; the
-            owner's connection is dropped at twice this. 0 disables the memory checks.
+        budget: bytes of growth over the baseline RSS before other connections than the session
+            owner's are dropped. 0 disables the memory checks.
         interval: seconds between memory checks.
     """
 
@@ -130,7 +132,7 @@ class ConnectionGuard(object):
                  interval: float = DEFAULT_INTERVAL) -> None:
         self.budget = budget
         self.interval = interval
-        self.owner = None  # type: Optional[Connection]
+        self.protected = ()  # type: Tuple[Connection, ...]
         self.kicked = 0
         self._socket = sock
         self._monitor = sock.get_monitor_socket(self.EVENTS)
@@ -192,7 +194,7 @@ class ConnectionGuard(object):
 
     def _run(self) -> None:
         trim_due = None  # type: Optional[float]
-        owner_kicked = False
+        dropped_unlogged, logged_at = 0, -1e9
         while not self._stopped.is_set():
             try:
                 if self._monitor.poll(self.interval * 1000):
@@ -209,20 +211,16 @@ class ConnectionGuard(object):
                 continue
             growth = rss - self.baseline
             if growth > self.budget:
-                dropped = self._kick(include_owner=False)
+                dropped = self._kick()
                 if dropped:
+                    trim_due = now + 0.1
+                    dropped_unlogged += dropped
+                if dropped_unlogged and now - logged_at >= 10.0:  # one line per 10 s at most
                     logger.warning(
                         "memory grew by %d MB (budget %d MB): dropped %d peer connection(s) that were "
                         "not the trainer's (unfinished messages?); raise the memory budget if the "
-                        "world itself needs more", growth >> 20, self.budget >> 20, dropped)
-                    trim_due = now + 0.1
-                owner_kicked = owner_kicked and growth > self.budget
-                if growth > 2 * self.budget and not owner_kicked and self.owner is not None:
-                    if self._kick(include_owner=True):
-                        logger.error("memory grew by %d MB with only the trainer connected: dropped "
-                                     "its connection too", growth >> 20)
-                        trim_due = now + 0.1
-                    owner_kicked = True
+                        "world itself needs more", growth >> 20, self.budget >> 20, dropped_unlogged)
+                    dropped_unlogged, logged_at = 0, now
 
     def _drain_events(self) -> bool:
         """Applies pending monitor events; True if a connection went away."""
@@ -240,10 +238,10 @@ class ConnectionGuard(object):
                     dropped = self._connections.pop(fd, None) is not None or dropped
         return dropped
 
-    def _kick(self, include_owner: bool) -> int:
-        owner = self.owner
+    def _kick(self) -> int:
+        protected = self.protected
         with self._lock:
-            victims = [c for c in self._connections.values() if include_owner or c != owner]
+            victims = [c for c in self._connections.values() if c not in protected]
         count = sum(1 for c in victims if shutdown_connection(c))
         self.kicked += count
         return count

@@ -111,6 +111,7 @@ class _Session(object):
         self.timeout = timeout
         self.shm = shm
         self.connection = connection
+        self.heartbeat_connection = None  # type: Optional[Connection]
         self.opened = self.last_seen = time.monotonic()
         self.snapshots = SnapshotStore(max_snapshots, "session " + self.label)
 
@@ -370,13 +371,23 @@ class BridgeServer(object):
         if session.connection is None or self._request_fd != session.connection.fd:
             connection = self.guard.connection(self._request_fd)  # the owner reconnected
             if connection is not None:
-                session.connection = self.guard.owner = connection
+                session.connection = connection
+                self._protect(session)
 
     def _heartbeat(self, peer: bytes, wanted: Optional[str]) -> None:
         session = self.session
         if (session is not None and wanted == session.id and self._request_user == session.user
                 and peer in (session.peer, session.heartbeat_peer)):
             session.last_seen = time.monotonic()
+            known = session.heartbeat_connection
+            if peer == session.heartbeat_peer and (known is None or known.fd != self._request_fd):
+                session.heartbeat_connection = self.guard.connection(self._request_fd)
+                self._protect(session)
+
+    def _protect(self, session: _Session) -> None:
+        """The memory guard never drops the owner's connections (requests and heartbeats)."""
+        self.guard.protected = tuple(c for c in (session.connection, session.heartbeat_connection)
+                                     if c is not None)
 
     def _owner_gone(self, session: _Session) -> Optional[str]:
         """Why the session's trainer counts as gone (a new hello may then take over), or None."""
@@ -399,7 +410,7 @@ class BridgeServer(object):
         session, self.session = self.session, None
         if session is None:
             return
-        self.guard.owner = None
+        self.guard.protected = ()
         session.snapshots.clear()  # tokens die with their session
         try:
             self.handler.close_session()
@@ -457,7 +468,7 @@ class BridgeServer(object):
         connection = self.guard.connection(self._request_fd)
         self.session = _Session(peer, hb_peer, self._request_user, timeout, shm, connection,
                                 self.max_snapshots)
-        self.guard.owner = connection
+        self._protect(self.session)
         self.sessions_served += 1
         logger.info("session %s opened by client %s (heartbeat timeout %.1f s, shm %s)",
                     self.session.label, quote(body.get("client"), 80), timeout,

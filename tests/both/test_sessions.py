@@ -8,7 +8,8 @@ import zmq
 
 from bridge.client import BridgeClient
 from bridge.codec import decode
-from bridge.errors import RemoteSessionBusyError, RemoteSessionError, SessionBusyError, SessionError
+from bridge.errors import (BridgeError, RemoteSessionBusyError, RemoteSessionError, SessionBusyError,
+                           SessionError)
 from tests.both.test_bridge import wait_until
 from tests.peers.counting_peer import CountingHandler, RunningServer
 
@@ -132,3 +133,25 @@ def test_heartbeats_from_another_connection_do_not_keep_a_session_alive(server):
             assert server.server.session is None
         finally:
             sock.close(linger=0)
+
+
+def test_the_memory_guard_never_drops_the_trainers_connection():
+    """Over budget all the time: other peers lose their connections, the session owner's is spared."""
+    running = RunningServer(CountingHandler())
+    try:
+        with BridgeClient(running.endpoint, heartbeat_seconds=0) as owner:
+            owner.hello()
+            owner.reset()
+            guard = running.server.guard
+            guard.budget, guard.baseline = 1024 * 1024, guard.baseline - 64 * 1024 * 1024
+            with BridgeClient(running.endpoint, timeout=1.0) as prober:
+                try:
+                    prober.ping()
+                except BridgeError:
+                    pass  # dropped, or answered before the guard looked: either is fine
+            assert wait_until(lambda: guard.kicked > 0, 5)
+            time.sleep(0.5)
+            for frame in range(1, 20):
+                assert owner.step(ACTION).frame == frame
+    finally:
+        running.close()
