@@ -5,6 +5,10 @@ For each sensor setup (state only; an 84x84 camera) it runs the same seeded acti
 in a ``python -m carla_client`` process under the sim interpreter, talking over the bridge.
 Repeats are interleaved and the medians reported; the goal is bridge >= 0.9x in process.
 
+``--record-steps`` (default 1000; 0 skips) also measures Minari recording (agent.dataset): env
+steps/s over the bridge with and without recording for an 84x84 camera (the goal: overhead under
+20 %), and what the dataset costs on disk per 1,000 steps for an 84x84 and an 800x600 camera.
+
 ``--scale 1,2,4,8,16 --tick-latency-ms 50`` measures scaling out instead (agent/bench_scale.py):
 BridgeVecEnv and SubprocVecEnv over N slow-ticking sims against the ideal N x 1000 / L.
 """
@@ -155,6 +159,74 @@ def markdown(results: list[dict], steps: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
+CAMERAS = {"84x84": (84, 84), "800x600": (600, 800)}
+
+
+def _camera_sensors(height: int, width: int) -> list[dict]:
+    return [dict(SETUPS["84x84 camera"][0], width=width, height=height)] + SETUPS["84x84 camera"][1:]
+
+
+def recording_bench(steps: int, repeats: int, sim_python: str, use_shm: bool) -> list[dict]:
+    """Steps/s with and without recording (interleaved, medians) and dataset MB per 1,000 steps."""
+    import os
+
+    from agent.dataset import DatasetWriter, EpisodeRecorder
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="agent-bench-record-") as tmp:
+        previous = os.environ.get("MINARI_DATASETS_PATH")
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(tmp) / "datasets")
+        try:
+            for name, (height, width) in CAMERAS.items():
+                sensors = Path(tmp) / f"{name}.json"
+                sensors.write_text(json.dumps(_camera_sensors(height, width)))
+                # 800x600 renders slowly in the built-in world: its size, not its speed, matters here
+                n = steps if name == "84x84" else max(steps // 5, 50)
+                runs: dict[str, list[float]] = {"plain": [], "recording": []}
+                sizes = []
+                with SimProcess(sensors=str(sensors), python=sim_python,
+                                log_path=Path(tmp) / "sim.log") as sim:
+                    for repeat in range(repeats if name == "84x84" else 1):
+                        for key in ("plain", "recording"):
+                            with CarlaBridgeEnv(sim.endpoint, camera_size=None, use_shm=use_shm,
+                                                max_episode_steps=200) as base:
+                                if key == "plain":
+                                    runs[key].append(steps_per_second(base, n))
+                                    continue
+                                writer = DatasetWriter(f"bench/{name}-{repeat}-v0", "bench", False)
+                                env = EpisodeRecorder(base, writer,
+                                                      {"endpoint": sim.endpoint, "camera_size": None})
+                                runs[key].append(steps_per_second(env, n))
+                                env.close()
+                                dataset = writer.close()
+                                if dataset is not None:
+                                    sizes.append(dataset.storage.get_size() / dataset.total_steps)
+                plain, recording = (statistics.median(runs[k]) for k in ("plain", "recording"))
+                results.append({"camera": name, "steps": n, "plain": plain, "recording": recording,
+                                "overhead": 1.0 - recording / plain,
+                                "mb_per_1000_steps": 1000 * statistics.median(sizes), "runs": runs})
+                print(f"{name}: {plain:.0f} steps/s plain, {recording:.0f} recording "
+                      f"({100 * results[-1]['overhead']:.0f} % overhead), "
+                      f"{results[-1]['mb_per_1000_steps']:.1f} MB per 1,000 steps", file=sys.stderr)
+        finally:
+            if previous is None:
+                os.environ.pop("MINARI_DATASETS_PATH", None)
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = previous
+    return results
+
+
+def recording_markdown(results: list[dict], repeats: int) -> str:
+    lines = ["| camera | env steps/s | recording steps/s | recording overhead | dataset per 1,000 "
+             "steps |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['camera']} | {r['plain']:.0f} | {r['recording']:.0f} | "
+                     f"{100 * r['overhead']:.1f} % | {r['mb_per_1000_steps']:.1f} MB |")
+    lines.append(f"\nMinari HDF5, lossless (jpeg_encoding=False), no infos; 84x84: medians of {repeats} "
+                 "interleaved runs, 800x600: one shorter run (its size is what matters).")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3000, help="steps per run (default: 3000)")
@@ -166,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps per run with a PPO policy acting; 0 skips (default: 1000)")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="steps per run of PPO training (default: 0, skipped; 4096 = 4 updates)")
+    parser.add_argument("--record-steps", type=int, default=1000,
+                        help="steps per run of the recording benchmark; 0 skips (default: 1000)")
+    parser.add_argument("--only-recording", action="store_true",
+                        help="run the recording benchmark only")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results here")
     scaling = parser.add_argument_group("scaling out (--scale)")
     scaling.add_argument("--scale", metavar="N,N,...", default=None,
@@ -185,11 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale is not None:
         return main_scale(args, parser)
-    results = bench(args.steps, args.repeats, args.sim_python, args.shm, args.policy_steps,
-                    args.train_steps)
-    print(markdown(results, args.steps, args.repeats))
+    results: list[dict] = []
+    if not args.only_recording:
+        results = bench(args.steps, args.repeats, args.sim_python, args.shm, args.policy_steps,
+                        args.train_steps)
+        print(markdown(results, args.steps, args.repeats))
+    recording: list[dict] = []
+    if args.record_steps > 0 or args.only_recording:
+        recording = recording_bench(args.record_steps or 1000, args.repeats, args.sim_python,
+                                    args.shm)
+        print(recording_markdown(recording, args.repeats))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"bridge": results, "recording": recording},
+                                              indent=1))
     return 0
 
 

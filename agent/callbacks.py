@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agent.reward import TERMS
+from agent.status import STATUS_VERSION, write_status
 
 #: keys of info["episode_metrics"] logged as ``episode/<key>`` (means over the episodes that ended).
 EPISODE_KEYS = ("return", "length", "route_completion", "lap_completed", "collisions",
@@ -129,3 +133,103 @@ class ProgressLogCallback(BaseCallback):
                        episodes)
         self._returns.clear()
         self._completions.clear()
+
+
+class TimeLimitCallback(BaseCallback):
+    """Ends training after ``minutes`` of wall time, as if its step budget were spent.
+
+    ``learn()`` then returns normally and the trainer saves ``model.zip``: a run of the default
+    config never trains longer than its time limit, however busy the machine.
+    """
+
+    def __init__(self, minutes: float, log: logging.Logger) -> None:
+        super().__init__()
+        self.seconds = 60.0 * float(minutes)
+        self._log = log
+        self._deadline = math.inf
+        self.reached = False
+
+    def _on_training_start(self) -> None:
+        self._deadline = time.monotonic() + self.seconds
+
+    def _on_step(self) -> bool:
+        if time.monotonic() < self._deadline:
+            return True
+        self.reached = True
+        self._log.info("time limit of %g min reached at step %d: training ends here",
+                       self.seconds / 60.0, self.num_timesteps)
+        return False
+
+
+class StatusFileCallback(BaseCallback):
+    """Keeps ``runs/<run>/status.json`` (agent.status) up to date for the launcher's console.
+
+    Rewrites the file at most every ``interval`` seconds while collecting experience, and at each
+    phase change (``collecting`` <-> ``updating``; ``finished`` at the end). The steps/s and ETA are
+    wall-clock figures since training (re)started, PPO updates included.
+
+    Args:
+        path: the status file.
+        total_timesteps: the run's budget (the ETA's target).
+        device: the torch device the model runs on, reported as is.
+        interval: seconds between rewrites while collecting.
+    """
+
+    def __init__(self, path: str | Path, total_timesteps: int, device: str = "",
+                 interval: float = 1.0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.interval = interval
+        self.status: dict[str, Any] = {
+            "version": STATUS_VERSION, "pid": os.getpid(), "device": device, "phase": "starting",
+            "started": time.time(), "num_timesteps": 0, "start_timesteps": 0,
+            "total_timesteps": int(total_timesteps), "steps_per_second": None, "eta_seconds": None,
+            "episodes": 0, "last_episode": None, "last_update_seconds": None}
+        self._t0 = time.monotonic()
+        self._last_write = -math.inf
+        self._update_started: float | None = None
+
+    def _on_training_start(self) -> None:
+        self._t0 = time.monotonic()
+        self.status.update(started=time.time(), start_timesteps=self.num_timesteps)
+        self.write("collecting")
+
+    def _on_rollout_start(self) -> None:
+        if self._update_started is not None:
+            self.status["last_update_seconds"] = round(time.monotonic() - self._update_started, 3)
+            self._update_started = None
+        self.write("collecting")
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            metrics = info.get("episode_metrics")
+            if metrics is not None:
+                self.status["episodes"] += 1
+                self.status["last_episode"] = {
+                    "return": float(metrics["return"]), "route_completion": float(metrics["route_completion"]),
+                    "collisions": int(metrics["collisions"]), "lap_completed": bool(metrics["lap_completed"]),
+                    "length": int(metrics["length"])}
+        if time.monotonic() - self._last_write >= self.interval:
+            self.write("collecting")
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._update_started = time.monotonic()
+        self.write("updating")
+
+    def write(self, phase: str, **extra: Any) -> None:
+        """Rewrites the file now with ``phase`` (and extra fields, e.g. ``error``)."""
+        status = self.status
+        model = getattr(self, "model", None)  # set by SB3's init_callback when learn() begins
+        steps = int(model.num_timesteps) if model is not None else status["num_timesteps"]
+        elapsed = time.monotonic() - self._t0
+        done = steps - status["start_timesteps"]
+        rate = done / elapsed if elapsed > 0 and done > 0 else None
+        status.update(phase=phase, updated=time.time(), num_timesteps=steps, steps_per_second=rate,
+                      eta_seconds=(max(status["total_timesteps"] - steps, 0) / rate) if rate else None,
+                      **extra)
+        try:
+            write_status(self.path, status)
+        except OSError as e:  # a full disk must not stop training; the console shows it as silent
+            logging.getLogger("agent.train").warning("cannot write %s: %s", self.path, e)
+        self._last_write = time.monotonic()

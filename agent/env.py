@@ -14,11 +14,11 @@ import numpy as np
 from gymnasium import spaces
 
 from agent.action import ActionMapping
-from agent.observation import StateEncoder, find_camera, to_rgb
+from agent.observation import LEAD_MEASUREMENTS, StateEncoder, find_camera, to_rgb
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
 from bridge.client import BridgeClient
 from bridge.errors import (EPISODE_ENDING_REMOTE_ERRORS, BridgeTimeoutError, PeerDisconnectedError,
-                           RemoteError, SessionError, SnapshotError, SpecError)
+                           RemoteError, SessionBusyError, SessionError, SnapshotError, SpecError)
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +28,24 @@ log = logging.getLogger(__name__)
 CLIENT_PLUGINS = {"inprocess": "agent.inprocess:make_client"}
 
 
-def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> Any:
+def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True,
+                curve: str | None = None) -> Any:
     """A BridgeClient for tcp:// and ipc:// endpoints; the plug-in's client for CLIENT_PLUGINS' schemes."""
     plugin = CLIENT_PLUGINS.get(endpoint.partition("://")[0])
     if plugin is not None:
         module, _, function = plugin.partition(":")
         return getattr(importlib.import_module(module), function)(endpoint, timeout=timeout,
                                                                    use_shm=use_shm)
-    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)
+    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm, curve=curve)
 
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+#: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
+RESET_ATTEMPTS = 3
 
-#: the env's own per-episode state that a snapshot saves next to the sim's.
+#: the env's own per-episode state that a snapshot saves next to the sim's. A new attribute that
+#: changes during an episode belongs here (tests/test_branch.py fails when a restore misses one).
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
                         "_steps", "_last_completion", "_start_frame", "_start_time", "sim_frame",
                         "_np_random")
@@ -80,7 +84,9 @@ class CarlaBridgeEnv(gym.Env):
         - ``vehicle_state``: ``Box(-1, 1, (n,), float32)``, the features of
           ``agent.observation.STATE_FEATURES`` (speed, speed error, lateral offset, sin/cos heading
           error, lateral velocity, heading-error rate, lane curvature, previous steer and pedal),
-          each scaled and clipped to [-1, 1].
+          each scaled and clipped to [-1, 1]; with ``lead_vehicle=True`` followed by those of
+          ``LEAD_FEATURES`` (gap, closing speed and inverse time to collision to the vehicle ahead
+          in the ego's lane).
 
     Action space, from the bounds of the sim's announced ``steer``/``throttle``/``brake`` fields
     (agent.action.ActionMapping; CARLA's ranges give these):
@@ -118,11 +124,17 @@ class CarlaBridgeEnv(gym.Env):
         terminate_on_collision / terminate_on_off_road: episode ends on these.
         reward: RewardConfig or mapping of its fields (weights, target speed...).
         reconnect: on a timeout, disconnect or lost session during a step, connect again (new hello)
-            and end the episode as truncated with ``info["bridge_reconnected"] = True``.
+            and end the episode as truncated with ``info["bridge_reconnected"] = True``. Never when
+            another trainer owns the sim side: that raises SessionBusyError at once.
         reconnect_timeout: seconds to keep trying to reconnect before giving up.
         reset_options: options passed to the sim's reset.
-        render_mode: None or ``"rgb_array"`` (the last camera frame at the sim's resolution).
+        lead_vehicle: add the vehicle-ahead features to ``vehicle_state`` (the sim must announce the
+            ``lead_distance`` and ``lead_closing_speed`` measurements).
+        render_mode: None or ``"rgb_array"`` (the last frame of the sim's first colour camera, at
+            its resolution, whether or not the policy sees a camera).
         client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
+        curve: a CurveZMQ key directory (``python -m bridge.keys DIR``) for a sim side started with
+            ``--curve``: its ``server.key`` and ``client.key_secret`` are used.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -135,8 +147,9 @@ class CarlaBridgeEnv(gym.Env):
                  terminate_on_collision: bool = True, terminate_on_off_road: bool = True,
                  reward: RewardConfig | dict[str, Any] | None = None,
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
-                 reset_options: dict[str, Any] | None = None, render_mode: str | None = None,
-                 client_factory: Callable[[], Any] | None = None) -> None:
+                 reset_options: dict[str, Any] | None = None, lead_vehicle: bool = False,
+                 render_mode: str | None = None,
+                 client_factory: Callable[[], Any] | None = None, curve: str | None = None) -> None:
         if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
         if out_of_range not in ("clip", "raise"):
@@ -161,7 +174,7 @@ class CarlaBridgeEnv(gym.Env):
         self.reset_options = dict(reset_options or {})
         self.render_mode = render_mode
         self._client_factory = client_factory or (
-            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm))
+            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm, curve=curve))
         self._client: Any = None
         self._closed = False
 
@@ -174,9 +187,17 @@ class CarlaBridgeEnv(gym.Env):
             raise
         self.tick_seconds = spec.tick_seconds
         self._camera = find_camera(spec.observation, camera)
+        self._render_camera = self._camera or find_camera(spec.observation, "auto")
         self._camera_size = None if camera_size is None else (int(camera_size[0]), int(camera_size[1]))
+        if lead_vehicle:
+            missing = [n for n in LEAD_MEASUREMENTS if n not in {f.name for f in spec.measurements}]
+            if missing:
+                self.close()
+                raise SpecError(f"lead_vehicle=True, but the sim at {endpoint} does not report "
+                                f"{missing} (an older carla_client?): update it, or set "
+                                "env.lead_vehicle=false")
         self._encoder = StateEncoder(spec.tick_seconds, self.reward_config.target_speed,
-                                     self.reward_config.lane_half_width)
+                                     self.reward_config.lane_half_width, lead_vehicle)
         obs_spaces: dict[str, spaces.Space] = {}
         if self._camera is not None:
             h, w = self._camera_size or self._camera.shape[:2]
@@ -197,6 +218,13 @@ class CarlaBridgeEnv(gym.Env):
         self._client = self._client_factory()
         try:
             return self._client.hello()
+        except SessionBusyError as e:  # two trainers on one sim side: a configuration problem
+            self._client.close()
+            self._client = None
+            raise SessionBusyError(
+                f"another trainer is using {self.endpoint}: stop it, or give this trainer its own "
+                f"carla_client (another --bind port, and env.endpoint here). The sim side said: {e}"
+            ) from e
         except BaseException:
             self._client.close()
             self._client = None
@@ -223,6 +251,8 @@ class CarlaBridgeEnv(gym.Env):
         while True:
             try:
                 info = self._connect()
+            except SessionBusyError:
+                raise  # reconnecting again would only fight the other trainer for the sim side
             except (ConnectionError, *RECONNECTABLE) as e:
                 if time.monotonic() >= deadline or cancelled.is_set():
                     raise e from cause
@@ -238,6 +268,12 @@ class CarlaBridgeEnv(gym.Env):
     def client(self) -> Any:
         return self._client
 
+    @property
+    def measurements(self) -> dict[str, Any] | None:
+        """The sim's raw measurements of the last tick (None before the first reset); recorded
+        datasets keep them so that a replay can compare them byte for byte."""
+        return self._measurements
+
     def bridge_stats(self) -> tuple[float, float, float]:
         """(round trip p50 seconds, p99 seconds, sim ticks per second) over recent requests."""
         if self._client is None:
@@ -250,12 +286,12 @@ class CarlaBridgeEnv(gym.Env):
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         sim_seed, sim_options = self.begin_reset(seed=seed, options=options)
         try:
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+            reply = self._reset_sim(sim_seed, sim_options)
         except RECONNECTABLE as e:
             if not self.reconnect or isinstance(e, RemoteError):
                 raise
             self._reconnect(e)
-            reply = self._client.reset(seed=sim_seed, options=sim_options)
+            reply = self._reset_sim(sim_seed, sim_options)
         return self.end_reset(reply)
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -283,6 +319,7 @@ class CarlaBridgeEnv(gym.Env):
         # Unseeded resets draw the sim's seed from our generator, so reset(seed=s) followed by
         # plain reset()s replays the same episodes.
         sim_seed = seed if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+        self.sim_seed = sim_seed  # what the sim is reset with: recordings keep it for replays
         return sim_seed, {**self.reset_options, **(options or {})}
 
     def end_reset(self, reply: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -301,6 +338,20 @@ class CarlaBridgeEnv(gym.Env):
                 "sim_start_time": self._start_time, "route_completion": 0.0,
                 "speed": float(reply.measurements["speed"])}
         return obs, info
+
+    def _reset_sim(self, sim_seed: int, sim_options: dict[str, Any]) -> Any:
+        """The sim's reset; one that it could not finish (a late CARLA tick or sensor, a lost ego)
+        is tried again, up to RESET_ATTEMPTS times: the session is fine, and the sim side skips the
+        late data and respawns lost actors on the next reset."""
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            try:
+                return self._client.reset(seed=sim_seed, options=sim_options)
+            except EPISODE_ENDING_REMOTE_ERRORS as e:
+                if attempt == RESET_ATTEMPTS:
+                    raise
+                log.warning("the sim side could not finish reset (attempt %d of %d: %s); trying "
+                            "again", attempt, RESET_ATTEMPTS, e)
+        raise AssertionError("unreachable")
 
     def begin_step(self, action: Any) -> dict[str, Any]:
         """Checks ``action`` and returns the control to send (agent.action maps it to the spec).
@@ -352,6 +403,8 @@ class CarlaBridgeEnv(gym.Env):
             "off_road": off_road,
             "steer": control["steer"], "throttle": control["throttle"], "brake": control["brake"],
         }
+        if "lead_distance" in m:
+            info["lead_distance"] = float(m["lead_distance"])
         if terminated or truncated:
             info["episode_metrics"] = self._metrics(completion, lap_completed)
         return obs, reward, terminated, truncated, info
@@ -441,11 +494,10 @@ class CarlaBridgeEnv(gym.Env):
     # ---------------------------------------------------------------- helpers
     def _observe(self, sensors: dict[str, np.ndarray], state: np.ndarray) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
+        if self.render_mode == "rgb_array" and self._render_camera is not None:
+            self._last_frame = to_rgb(np.asarray(sensors[self._render_camera.name]), None)
         if self._camera is not None:
-            image = np.asarray(sensors[self._camera.name])
-            if self.render_mode == "rgb_array":
-                self._last_frame = to_rgb(image, None)
-            obs["camera"] = to_rgb(image, self._camera_size)
+            obs["camera"] = to_rgb(np.asarray(sensors[self._camera.name]), self._camera_size)
         obs["vehicle_state"] = state
         self._last_obs = obs
         return self._copy_obs(obs)

@@ -2,11 +2,14 @@
 
 Prints a table of per-episode metrics (return, route completion, lap completed, collisions, lane
 invasions, mean speed, steps) and optionally writes an MP4 of the camera with an overlay of speed,
-steer, throttle/brake and reward. ``--random`` evaluates a uniformly random policy instead.
+steer, throttle/brake and reward (``--show``: the same in a live window). ``--random`` evaluates a
+uniformly random policy instead. ``--world-seed 100,101 --npc 6`` starts a built-in sim per circuit
+(or, with ``--endpoint``, reports the given sim as that circuit) and prints one table each.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -19,6 +22,7 @@ import numpy as np
 from agent.config import load_config
 from agent.env import CarlaBridgeEnv
 from agent.train import env_kwargs, run_dir_of_checkpoint
+from agent.view import WINDOW_TITLE, LiveView, annotate, overlay_lines
 
 log = logging.getLogger("agent.evaluate")
 
@@ -35,21 +39,12 @@ class VideoRecorder:
         self.frames = 0
 
     def write(self, rgb: np.ndarray, lines: list[str]) -> None:
-        h, w = rgb.shape[:2]
-        scale = self.size / h
-        frame = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (round(w * scale), self.size),
-                           interpolation=cv2.INTER_NEAREST if scale >= 2 else cv2.INTER_LINEAR)
+        frame = annotate(rgb, lines, self.size)
         if self._writer is None:
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
             self._writer = cv2.VideoWriter(self.path, fourcc, self.fps, (frame.shape[1], frame.shape[0]))
             if not self._writer.isOpened():
                 raise OSError(f"OpenCV cannot write {self.path} with the mp4v codec")
-        panel = frame.copy()
-        cv2.rectangle(panel, (0, 0), (frame.shape[1], 14 + 18 * len(lines)), (0, 0, 0), -1)
-        frame = cv2.addWeighted(panel, 0.55, frame, 0.45, 0)  # translucent band behind the text
-        for i, text in enumerate(lines):
-            cv2.putText(frame, text, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                        (255, 255, 255), 1, cv2.LINE_AA)
         self._writer.write(frame)
         self.frames += 1
 
@@ -59,34 +54,24 @@ class VideoRecorder:
             self._writer = None
 
 
-def overlay_lines(episode: int, step: int, info: dict[str, Any], reward: float, ret: float
-                  ) -> list[str]:
-    return [
-        f"ep {episode}  step {step}  lap {100 * info.get('route_completion', 0.0):5.1f}%",
-        f"speed {info.get('speed', 0.0):5.2f} m/s  offset {info.get('lateral_offset', 0.0):+5.2f} m",
-        f"steer {info.get('steer', 0.0):+5.2f}  throttle {info.get('throttle', 0.0):4.2f}  "
-        f"brake {info.get('brake', 0.0):4.2f}",
-        f"reward {reward:+6.3f}  return {ret:8.2f}",
-    ]
-
-
 def run_episodes(env: CarlaBridgeEnv, act: Callable[[dict[str, np.ndarray]], np.ndarray],
-                 episodes: int, seed: int, video: VideoRecorder | None = None
-                 ) -> list[dict[str, Any]]:
-    """Plays ``episodes`` episodes (seeded ``seed``, ``seed + 1``...) and returns their metrics."""
+                 episodes: int, seed: int, video: VideoRecorder | None = None,
+                 view: LiveView | None = None) -> list[dict[str, Any]]:
+    """Plays ``episodes`` episodes (seeded ``seed``, ``seed + 1``...) and returns their metrics.
+
+    Frames go to ``video`` (every one) and ``view`` (when due: at most one per sim tick).
+    """
     rows = []
     for episode in range(episodes):
         obs, info = env.reset(seed=seed + episode)
         ret, step, done = 0.0, 0, False
-        if video is not None and (frame := env.render()) is not None:
-            video.write(frame, overlay_lines(episode, 0, info, 0.0, 0.0))
+        _draw(env, video, view, episode, 0, info, 0.0, 0.0)
         while not done:
             obs, reward, terminated, truncated, info = env.step(act(obs))
             ret += reward
             step += 1
             done = terminated or truncated
-            if video is not None and (frame := env.render()) is not None:
-                video.write(frame, overlay_lines(episode, step, info, reward, ret))
+            _draw(env, video, view, episode, step, info, reward, ret)
         m = info["episode_metrics"]
         rows.append({"episode": episode, "return": m["return"],
                      "route_completion": m["route_completion"],
@@ -95,6 +80,21 @@ def run_episodes(env: CarlaBridgeEnv, act: Callable[[dict[str, np.ndarray]], np.
                      "steps": int(m["length"])})
         log.info("episode %d: %s", episode, rows[-1])
     return rows
+
+
+def _draw(env: CarlaBridgeEnv, video: VideoRecorder | None, view: LiveView | None, episode: int,
+          step: int, info: dict[str, Any], reward: float, ret: float) -> None:
+    wanted_by_view = view is not None and view.due()
+    if video is None and not wanted_by_view:
+        return
+    frame = env.render()
+    if frame is None:
+        return
+    lines = overlay_lines(episode, step, info, reward, ret)
+    if video is not None:
+        video.write(frame, lines)
+    if wanted_by_view:
+        view.show(frame, lines)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,6 +145,10 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     Console().print(table)
 
 
+def _seeds(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m agent.evaluate",
                                      description=__doc__.split("\n")[0])
@@ -162,6 +166,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sample actions instead of taking the policy's mean")
     parser.add_argument("--video", metavar="MP4", default=None, help="write a video of the episodes")
     parser.add_argument("--video-height", type=int, default=384, help="(default: 384)")
+    parser.add_argument("--show", action="store_true",
+                        help="watch the episodes in a window (the camera with the video's overlay)")
+    parser.add_argument("--world-seed", metavar="SEED", type=_seeds, default=None,
+                        help="the sim's world seed (the circuit), reported with the results; "
+                             "without --endpoint a built-in sim is started for it. A,B,C: one sim "
+                             "and one table per seed")
+    parser.add_argument("--npc", metavar="N", type=int, default=None,
+                        help="the sim's NPC vehicles, reported; the NPCs of the sims --world-seed "
+                             "starts (default: 0 there)")
     parser.add_argument("--markdown", metavar="FILE", default=None, help="also write the table here")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write rows and summary")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -169,44 +182,96 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def world_label(world: dict[str, Any]) -> str:
+    seed = world.get("world_seed")
+    npc = world.get("npc_vehicles")
+    return (f"world seed {seed if seed is not None else '?'}, "
+            f"{npc if npc is not None else '?'} NPC vehicles")
+
+
+def evaluation_targets(args: argparse.Namespace, config: dict[str, Any], stack: contextlib.ExitStack
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """(endpoint, world description) pairs to evaluate on.
+
+    With ``--world-seed`` and no ``--endpoint``, a built-in sim is started for each seed (with
+    ``--npc`` NPC vehicles) and stopped at the end; otherwise the given sim is used and the seed and
+    NPC count given are reported as its description.
+    """
+    seeds = args.world_seed or [None]
+    if args.world_seed and args.endpoint is None:
+        from agent.simproc import SimProcess
+
+        targets = []
+        for seed in seeds:
+            sim = stack.enter_context(SimProcess(seed=seed, extra_args=("--npc", str(args.npc or 0))))
+            targets.append((sim.endpoint, {"world_seed": seed, "npc_vehicles": args.npc or 0,
+                                           "endpoint": "started by agent.evaluate"}))
+        return targets
+    endpoint = args.endpoint or config["endpoints"][0]
+    if len(seeds) > 1:
+        raise SystemExit("several --world-seed values need no --endpoint (one sim each is started)")
+    return [(endpoint, {"world_seed": seeds[0], "npc_vehicles": args.npc, "endpoint": endpoint})]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("agent.view").setLevel(logging.INFO)
     args = parse_args(argv)
     config_path = args.config
     if config_path is None and args.model is not None:
         candidate = run_dir_of_checkpoint(args.model) / "config.yaml"
         config_path = candidate if candidate.is_file() else None
     config = load_config(config_path, args.overrides)
-    endpoint = args.endpoint or config["endpoints"][0]
     kwargs = env_kwargs(config)
     kwargs["reconnect"] = False  # an evaluation should fail loudly, not skip an episode
-    with CarlaBridgeEnv(endpoint, render_mode="rgb_array" if args.video else None, **kwargs) as env:
-        if args.random:
-            env.action_space.seed(args.seed)
-            act = lambda obs: env.action_space.sample()  # noqa: E731
-            title = f"random policy, {args.episodes} episodes"
-        else:
-            import torch
-            from stable_baselines3 import PPO
+    model = None
+    if not args.random:
+        import torch
+        from stable_baselines3 import PPO
 
-            torch.set_num_threads(int(config.get("torch_threads", 1)))
-            model = PPO.load(args.model, device="cpu")
-            act = lambda obs: model.predict(obs, deterministic=not args.stochastic)[0]  # noqa: E731
-            title = f"{args.model}, {args.episodes} episodes"
-        video = (VideoRecorder(args.video, 1.0 / env.tick_seconds, args.video_height)
-                 if args.video else None)
-        try:
-            rows = run_episodes(env, act, args.episodes, args.seed, video)
-        finally:
-            if video is not None:
-                video.close()
-    print_table(rows, title)
-    if args.video:
-        print(f"video: {args.video} ({video.frames} frames)")
+        from agent.train import torch_device
+
+        torch.set_num_threads(int(config.get("torch_threads", 1)))
+        model = PPO.load(args.model, device=torch_device(config))
+    who = "random policy" if args.random else str(args.model)
+    results = []
+    with contextlib.ExitStack() as stack:
+        view = stack.enter_context(LiveView(f"{WINDOW_TITLE}: {who}")) if args.show else None
+        for endpoint, world in evaluation_targets(args, config, stack):
+            render = "rgb_array" if (args.video or args.show) else None
+            with CarlaBridgeEnv(endpoint, render_mode=render, **kwargs) as env:
+                if view is not None:
+                    view.min_interval = env.tick_seconds  # at most one redraw per sim tick
+                if model is None:
+                    env.action_space.seed(args.seed)
+                    act = lambda obs: env.action_space.sample()  # noqa: E731
+                else:
+                    act = lambda obs: model.predict(obs, deterministic=not args.stochastic)[0]  # noqa: E731
+                video = None
+                if args.video:
+                    path = Path(args.video)
+                    if len(args.world_seed or []) > 1:
+                        path = path.with_name(f"{path.stem}-world{world['world_seed']}{path.suffix}")
+                    video = VideoRecorder(path, 1.0 / env.tick_seconds, args.video_height)
+                try:
+                    rows = run_episodes(env, act, args.episodes, args.seed, video, view)
+                finally:
+                    if video is not None:
+                        video.close()
+                        print(f"video: {video.path} ({video.frames} frames)")
+            results.append((world, rows))
+            print_table(rows, f"{who}, {args.episodes} episodes, {world_label(world)}")
+    if len(results) > 1:
+        print("\n".join(f"{world_label(w)}: {summary(r)['laps_completed']}/{len(r)} laps, "
+                        f"{summary(r)['mean_collisions']:.2f} collisions per episode"
+                        for w, r in results))
     if args.markdown:
-        Path(args.markdown).write_text(markdown_table(rows) + "\n")
+        Path(args.markdown).write_text("\n\n".join(
+            f"{world_label(w)}\n\n{markdown_table(r)}" for w, r in results) + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary(rows)}, indent=1))
+        worlds = [{**w, "rows": r, "summary": summary(r)} for w, r in results]
+        Path(args.json).write_text(json.dumps(worlds[0] if len(worlds) == 1 else {"worlds": worlds},
+                                              indent=1))
     return 0
 
 

@@ -50,7 +50,8 @@ class InProcessClient:
         can_snapshot = bool(self.backend.supports_snapshot)
         self.info = ServerInfo("inprocess", self.backend.name, self.backend.version, self._spec,
                                self._session, False, can_snapshot,
-                               self.max_snapshots if can_snapshot else 0)
+                               self.max_snapshots if can_snapshot else 0,
+                               bool(self.backend.deterministic), self.backend.settings())
         return self.info
 
     def _tick(self, command: str, call, *args) -> StepReply:
@@ -129,7 +130,7 @@ class InProcessClient:
 
 
 def world_from_endpoint(endpoint: str) -> WorldBackend:
-    """Builds the world named by ``inprocess://builtin[?sensors=FILE&seed=N&tick=S]``.
+    """Builds the world named by ``inprocess://builtin[?sensors=FILE&seed=N&tick=S&npc=K&circuits=C]``.
 
     ``inprocess://ring`` is agent.testing.RingWorld, a test double.
 
@@ -151,7 +152,8 @@ def world_from_endpoint(endpoint: str) -> WorldBackend:
 
     return BuiltinWorld(sensors=load_sensors(query.get("sensors")),
                         tick_seconds=float(query.get("tick", 0.05)),
-                        seed=int(query.get("seed", 0)))
+                        seed=int(query.get("seed", 0)), npc_vehicles=int(query.get("npc", 0)),
+                        circuits=int(query.get("circuits", 1)))
 
 
 def is_inprocess(endpoint: str) -> bool:

@@ -23,6 +23,16 @@ STATE_FEATURES = (
     "previous_steer",    # the steer applied on the tick that produced this observation
     "previous_pedal",    # throttle minus brake applied on that tick
 )
+#: with ``lead_vehicle=True`` (a sim in traffic), these follow STATE_FEATURES.
+LEAD_FEATURES = (
+    "lead_distance",     # bumper-to-bumper gap to the vehicle ahead in the lane / LEAD_SCALE (1: none)
+    "lead_closing",      # closing speed on it / 10 m/s (positive: getting nearer)
+    "lead_urgency",      # closing speed / max(gap, 1 m) / 2 per second: an inverse time to collision
+)
+#: metres at which the lead gap feature saturates (the sims' default look-ahead, LEAD_RANGE).
+LEAD_SCALE = 50.0
+#: the measurements the lead features need (announced by every current sim; not by older ones).
+LEAD_MEASUREMENTS = ("lead_distance", "lead_closing_speed")
 
 
 def _wrap_angle(angle: float) -> float:
@@ -65,11 +75,13 @@ def to_rgb(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 class StateEncoder:
     """Builds the normalised ``vehicle_state`` vector; keeps the few values it differentiates."""
 
-    def __init__(self, tick_seconds: float, target_speed: float, lane_half_width: float) -> None:
+    def __init__(self, tick_seconds: float, target_speed: float, lane_half_width: float,
+                 lead_vehicle: bool = False) -> None:
         self.tick_seconds = tick_seconds
         self.target_speed = target_speed
         self.lane_half_width = lane_half_width
-        self.names = STATE_FEATURES
+        self.lead_vehicle = lead_vehicle
+        self.names = STATE_FEATURES + (LEAD_FEATURES if lead_vehicle else ())
         self._previous: Mapping[str, Any] | None = None
         self._curvature = 0.0
 
@@ -111,6 +123,9 @@ class StateEncoder:
             steer,
             pedal,
         ]
+        if self.lead_vehicle:
+            gap, closing = float(m["lead_distance"]), float(m["lead_closing_speed"])
+            values += [gap / LEAD_SCALE, closing / 10.0, closing / max(gap, 1.0) / 2.0]
         state = np.asarray(values, dtype=np.float32)
         np.nan_to_num(state, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
         return np.clip(state, -1.0, 1.0)

@@ -33,6 +33,14 @@ class RewardConfig:
         lane_invasion: penalty per lane-invasion event.
         off_road: penalty on a tick that ends off the road.
         max_progress: clip of the per-tick progress in metres (guards against route wrap-around jumps).
+        follow_headway: with a vehicle ahead in the lane (the ``lead_distance`` measurement), the
+            speed term tracks ``min(target_speed, (lead_distance - follow_gap) / follow_headway)``
+            instead of ``target_speed``: the speed at which the gap would close in ``follow_headway``
+            seconds, so following at a safe distance earns the full speed term. 0 turns it off.
+        follow_gap: the bumper-to-bumper gap, metres, at which that speed is zero (stand behind).
+        overspeed: weight of the extra penalty ``-(v_lane - target) / target_speed`` above the
+            speed term's target (the progress term pays for speed, so without it driving too fast
+            costs little: too fast into an unseen curve, or into the car ahead). 0 turns it off.
     """
 
     progress: float = 1.0
@@ -45,6 +53,9 @@ class RewardConfig:
     lane_invasion: float = 1.0
     off_road: float = 10.0
     max_progress: float = 5.0
+    follow_headway: float = 0.0
+    follow_gap: float = 4.0
+    overspeed: float = 0.0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "RewardConfig":
@@ -66,6 +77,10 @@ class RewardConfig:
             out[key] = number
         if out.get("target_speed", cls.target_speed) <= 0:
             raise ValueError("reward setting 'target_speed' must be positive")
+        if out.get("overspeed", cls.overspeed) < 0:
+            raise ValueError("reward setting 'overspeed' must be 0 (off) or positive")
+        if out.get("follow_headway", cls.follow_headway) < 0:
+            raise ValueError("reward setting 'follow_headway' must be 0 (off) or positive")
         if out.get("lane_half_width", cls.lane_half_width) <= 0:
             raise ValueError("reward setting 'lane_half_width' must be positive")
         return cls(**out)
@@ -93,7 +108,12 @@ def compute_reward(previous: Mapping[str, Any], current: Mapping[str, Any],
     progress = max(-config.max_progress, min(config.max_progress, progress))
     heading_error = float(current["heading_error"])
     speed = float(current["speed"]) * math.cos(heading_error)
-    speed_score = max(-1.0, 1.0 - abs(speed - config.target_speed) / config.target_speed)
+    target = config.target_speed
+    if config.follow_headway > 0 and "lead_distance" in current:
+        safe = (float(current["lead_distance"]) - config.follow_gap) / config.follow_headway
+        target = min(target, max(0.0, safe))
+    speed_score = max(-1.0, 1.0 - abs(speed - target) / config.target_speed)
+    speed_score -= config.overspeed * max(0.0, speed - target) / config.target_speed
     offset = float(current["lateral_offset"]) / config.lane_half_width
     centre_score = -min(4.0, offset * offset)
     heading_score = math.cos(heading_error) - 1.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import FieldSpec, Tick, WorldSpec
 from carla_client.backend import WorldBackend
 
@@ -94,6 +94,7 @@ class RingWorld(WorldBackend):
             "route_distance": self._distance,
             "route_completion": self._distance / (2 * math.pi * self.radius),
             "off_road": abs(offset) > self.half_width + 1.0,
+            "lead_distance": LEAD_RANGE, "lead_closing_speed": 0.0,  # alone on the ring
         }
         observation = {}
         if self.camera is not None:

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from agent.env import RECONNECTABLE, CarlaBridgeEnv
-from bridge.errors import EPISODE_ENDING_REMOTE_ERRORS
+from bridge.errors import EPISODE_ENDING_REMOTE_ERRORS, SessionBusyError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class _Recovery:
                     env._reconnect(cause, cancelled)
                     result = env.reset()
                     break
+                except SessionBusyError:
+                    raise  # another trainer took the sim: a configuration problem, never retried
                 except RECONNECTABLE as e:  # back, then gone again before the reset answered
                     if time.monotonic() >= deadline or cancelled.is_set():
                         raise
@@ -485,13 +487,15 @@ class BridgeVecEnv(VecEnv):
 
 
 def make_env(endpoint: str, seed: int | None = None, monitor: bool = True,
-             **env_kwargs: Any) -> Callable[[], gym.Env]:
+             record: Any = None, **env_kwargs: Any) -> Callable[[], gym.Env]:
     """A thunk (CleanRL's ``make_env``): the env, and so its sockets, are created where it is called.
 
     Args:
         endpoint: the sim's address (or ``inprocess://builtin``).
         seed: seeds the env's action space (the vec env seeds its first reset).
         monitor: wrap in SB3's Monitor so episode returns/lengths reach ``info["episode"]``.
+        record: an agent.dataset.DatasetWriter: record every episode into its Minari dataset
+            (the env must then live in this process: it shares the writer).
         env_kwargs: passed to CarlaBridgeEnv.
     """
 
@@ -504,6 +508,10 @@ def make_env(endpoint: str, seed: int | None = None, monitor: bool = True,
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         env: gym.Env = CarlaBridgeEnv(endpoint, **env_kwargs)
+        if record is not None:
+            from agent.dataset import EpisodeRecorder
+
+            env = EpisodeRecorder(env, record, {"endpoint": endpoint, **env_kwargs})
         if seed is not None:
             env.action_space.seed(seed)
         if monitor:
@@ -514,7 +522,7 @@ def make_env(endpoint: str, seed: int | None = None, monitor: bool = True,
 
 
 def make_vec_env(endpoints: Sequence[str] | str, seed: int | None = 0, vec: str = "auto",
-                 monitor: bool = True, **env_kwargs: Any) -> VecEnv:
+                 monitor: bool = True, record: Any = None, **env_kwargs: Any) -> VecEnv:
     """One env per endpoint, stepped in parallel.
 
     Args:
@@ -522,21 +530,27 @@ def make_vec_env(endpoints: Sequence[str] | str, seed: int | None = 0, vec: str 
         seed: base seed; env i gets ``seed + i``.
         vec: ``"bridge"`` (BridgeVecEnv: all sims from this process, concurrently), ``"subproc"``
             (one worker process per env), ``"dummy"`` (all in this process, in turn) or ``"auto"``:
-            bridge for more than one endpoint, dummy for one (a plain env, nothing to overlap).
+            bridge for more than one endpoint, dummy for one (a plain env, nothing to overlap) or
+            when recording.
         monitor: wrap each env in SB3's Monitor (BridgeVecEnv reports the same info["episode"]).
+        record: an agent.dataset.DatasetWriter that every env records its episodes into; needs
+            plain envs in this process (``vec`` "dummy" or "auto").
         env_kwargs: passed to every CarlaBridgeEnv.
 
     Raises:
-        ValueError: no endpoints or an unknown ``vec``.
+        ValueError: no endpoints, an unknown ``vec``, or ``record`` with ``vec="subproc"``.
     """
     endpoints = split_endpoints(endpoints)
     if vec not in VEC_KINDS:
         raise ValueError(f"vec must be one of {', '.join(VEC_KINDS)}; got {vec!r}")
-    if vec == "bridge" or (vec == "auto" and len(endpoints) > 1):
+    if record is not None and vec in ("bridge", "subproc"):
+        raise ValueError("recording wraps each env in this process (they share one dataset writer): "
+                         "use vec=dummy or vec=auto")
+    if vec == "bridge" or (vec == "auto" and len(endpoints) > 1 and record is None):
         return BridgeVecEnv(endpoints, seed=seed, monitor=monitor, **env_kwargs)
-    thunks = [make_env(e, None if seed is None else seed + i, monitor, **env_kwargs)
+    thunks = [make_env(e, None if seed is None else seed + i, monitor, record, **env_kwargs)
               for i, e in enumerate(endpoints)]
-    if vec == "dummy" or (vec == "auto" and len(thunks) == 1):
+    if vec == "dummy" or (vec == "auto" and (len(thunks) == 1 or record is not None)):
         venv: VecEnv = DummyVecEnv(thunks)
     else:
         # forkserver: workers start clean (no copy of the trainer's torch threads or sockets)

@@ -7,10 +7,12 @@ Revision history of PROTOCOL_VERSION (major.minor; a major mismatch is an error,
     1.2  hello's reply announces step_budget_seconds (the sim side's time per reset/step); error codes
          BridgeTimeoutError (the step budget ran out) and ActorLostError (reset rebuilds), both
          ending the episode but not the session.
+    1.3  hello's reply announces ``sim.settings`` (what rebuilds the world: its seed, tick, NPCs,
+         sensors) and ``capabilities.deterministic``; recordings keep both for exact replays.
 """
 from typing import Tuple
 
-PROTOCOL_VERSION = (1, 2)  # type: Tuple[int, int]
+PROTOCOL_VERSION = (1, 3)  # type: Tuple[int, int]
 
 DEFAULT_PORT = 5556
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:{}".format(DEFAULT_PORT)
@@ -35,6 +37,14 @@ DEFAULT_MAX_SNAPSHOTS = 32
 
 #: largest message (all frames together) either side accepts, unless configured otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: largest request the sim side accepts (requests carry actions and options, never images); ZeroMQ
+#: drops a connection that sends a single frame of more than twice this.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: most frames a request may have (a header plus array frames); the rest of a longer one is discarded.
+MAX_REQUEST_FRAMES = 64
+#: error replies quote at most this much of a message and of a traceback (replies stay < 64 KiB).
+MAX_ERROR_MESSAGE_CHARS = 4 * 1024
+MAX_TRACEBACK_CHARS = 16 * 1024
 #: arrays at least this large travel in their own frame; smaller ones go inline in the msgpack header.
 #: Inline costs two extra copies plus the extension machinery, which measurably slows an 84x84x3
 #: camera (docs/benchmarks.md); frames under 64 KiB are still copied by ZeroMQ, larger ones are not.

@@ -36,6 +36,9 @@ class VehicleControl(NamedTuple):
                    bool(fields["hand_brake"]), bool(fields["reverse"]))
 
 
+#: how far ahead (metres) the lead-vehicle measurements look.
+LEAD_RANGE = 50.0
+
 #: the measurements every backend reports each tick (CARLA's conventions: metres, m/s, degrees for
 #: the yaw, x forward / y right / z up world axes).
 MEASUREMENT_SPEC = (
@@ -53,4 +56,10 @@ MEASUREMENT_SPEC = (
     FieldSpec("route_completion", "float64", (), None, None,
               "route_distance over the route length: 1.0 is one completed lap"),
     FieldSpec("off_road", "bool", (), 0, 1, "ego centre is off the drivable road"),
+    FieldSpec("lead_distance", "float64", (), 0.0, None,
+              "bumper-to-bumper distance in metres along the ego's lane to the nearest vehicle ahead "
+              "in that lane; LEAD_RANGE when there is none within LEAD_RANGE"),
+    FieldSpec("lead_closing_speed", "float64", (), None, None,
+              "ego speed minus the lead vehicle's speed along the ego's direction in m/s (positive: "
+              "closing in); 0 when there is no lead vehicle within LEAD_RANGE"),
 )

@@ -9,10 +9,10 @@ from typing import Any, Dict, Optional
 # The schema lives with the protocol (bridge/schema.py); it is re-exported here for code that imported
 # it from this module before it moved.
 from bridge.errors import SnapshotUnsupportedError
-from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import Tick, WorldSpec  # Tick: one tick, as both sides see it
 
-__all__ = ["MEASUREMENT_SPEC", "VEHICLE_CONTROL_SPEC", "Tick", "VehicleControl", "WorldBackend",
+__all__ = ["LEAD_RANGE", "MEASUREMENT_SPEC", "VEHICLE_CONTROL_SPEC", "Tick", "VehicleControl", "WorldBackend",
            "WorldSpec"]
 
 
@@ -25,6 +25,11 @@ class WorldBackend(object):
     deterministic = False
     #: True when ``snapshot``/``restore`` save and restore the full state (announced in hello).
     supports_snapshot = False
+
+    def settings(self) -> Dict[str, Any]:
+        """What it takes to build this world again (JSON-able; announced in hello as
+        ``sim.settings``, kept with recorded datasets for exact replays). Default: nothing."""
+        return {}
 
     def spec(self) -> WorldSpec:
         """The observation, measurement and action fields and the tick length (constant per process)."""

@@ -4,16 +4,26 @@ Each configuration is driven by the scripted pure-pursuit driver; its controls a
 and then replayed under the timer, so the figures count ``BuiltinWorld.step`` alone (physics, route
 projection, events and rendering), not the driver. Pin it to one core for comparable numbers:
 ``taskset -c 0 python -m carla_client.bench``.
+
+``--world carla084`` also starts ``python -m carla_client.carla084_server`` and replays the same
+controls through the CARLA 0.8.4 protocol (the ``--world carla084`` backend's ``step``: one Control
+out, one frame of Measurements and camera payloads back), next to the built-in world in process.
 """
 import argparse
 import json
+import os
 import platform
+import selectors
+import socket
+import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from bridge.schema import VehicleControl
+from carla_client.backend import WorldBackend
 from carla_client.builtin import BuiltinWorld, PurePursuit
 from carla_client.sensors import (CAMERA_DEPTH, CAMERA_RGB, CAMERA_SEMANTIC, COLLISION,
                                   LANE_INVASION, SensorConfig, parse_sensors)
@@ -40,12 +50,8 @@ def configurations(width: int, height: int, extra: bool) -> Dict[str, Sequence[S
     return configs
 
 
-def measure(sensors: Sequence[SensorConfig], ticks: int, seed: int, npc_vehicles: int
-            ) -> Dict[str, float]:
-    """Builds a world, records ``ticks`` pure-pursuit controls, replays them under the timer."""
-    started = time.perf_counter()
-    world = BuiltinWorld(sensors=sensors, seed=seed, npc_vehicles=npc_vehicles)
-    built = time.perf_counter() - started
+def record_controls(world: BuiltinWorld, ticks: int, seed: int) -> List[VehicleControl]:
+    """``ticks`` pure-pursuit controls driven from the start line."""
     driver = PurePursuit(world.track, world.vehicle, target_speed=8.0)
     tick = world.reset(seed=seed)
     controls = []
@@ -53,22 +59,96 @@ def measure(sensors: Sequence[SensorConfig], ticks: int, seed: int, npc_vehicles
         control = driver.control(tick.measurements)
         controls.append(control)
         tick = world.step(control)
+    return controls
+
+
+def replay(world: WorldBackend, controls: Sequence[VehicleControl], seed: int,
+           options: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+    """Times ``world.step`` over ``controls`` after a timed reset."""
     started = time.perf_counter()
-    world.reset(seed=seed)
+    world.reset(seed=seed, options=options or {})
     reset = time.perf_counter() - started
     started = time.perf_counter()
     for control in controls:
         world.step(control)
     elapsed = time.perf_counter() - started
+    return {"ticks_per_second": len(controls) / elapsed,
+            "us_per_tick": 1e6 * elapsed / len(controls), "reset_seconds": reset}
+
+
+def measure(sensors: Sequence[SensorConfig], ticks: int, seed: int, npc_vehicles: int
+            ) -> Dict[str, float]:
+    """Builds a world, records ``ticks`` pure-pursuit controls, replays them under the timer."""
+    started = time.perf_counter()
+    world = BuiltinWorld(sensors=sensors, seed=seed, npc_vehicles=npc_vehicles)
+    built = time.perf_counter() - started
+    controls = record_controls(world, ticks, seed)
+    result = replay(world, controls, seed)
     world.close()
-    return {"ticks_per_second": ticks / elapsed, "us_per_tick": 1e6 * elapsed / ticks,
-            "build_seconds": built, "reset_seconds": reset}
+    result["build_seconds"] = built
+    return result
+
+
+def _free_port_block() -> int:
+    """A world port P with P, P+1 and P+2 free a moment ago."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base > 65533:
+            continue
+        try:
+            for port in (base + 1, base + 2):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise OSError("no three consecutive free ports")
+
+
+def measure_carla084(sensors: Sequence[SensorConfig], ticks: int, seed: int, legacy_client: str
+                     ) -> Dict[str, float]:
+    """The same replay through carla084_server (a child process) and the carla084 backend."""
+    from carla_client.carla084.world import Carla084World
+
+    controls = record_controls(BuiltinWorld(sensors=sensors, seed=seed), ticks, seed)
+    port = _free_port_block()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "carla_client.carla084_server", "--port", str(port), "--seed",
+         str(seed), "--log-level", "WARNING"], stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(server.stdout, selectors.EVENT_READ)
+        if not selector.select(60) or not server.stdout.readline().startswith(b"ready"):
+            raise OSError("carla084_server did not start (exit code {})".format(server.poll()))
+        selector.close()
+        with Carla084World(host="127.0.0.1", port=port, sensors=sensors, seed=seed,
+                           legacy_client=legacy_client) as world:
+            world.reset(seed=seed, options={"start_index": 0})  # builds the server's world
+            result = replay(world, controls, seed, {"start_index": 0})
+            result["client"] = world.client_kind
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        server.stdout.close()
+    return result
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m carla_client.bench",
         description="Tick rate of the built-in world, state only and with a chase camera.")
+    parser.add_argument("--world", choices=("builtin", "carla084"), default="builtin",
+                        help="builtin: the built-in world in process; carla084: also through the "
+                             "0.8.4 protocol against carla084_server (default: %(default)s)")
+    parser.add_argument("--legacy-client", choices=("auto", "pythonclient", "wire"), default="wire",
+                        help="--world carla084: the 0.8.4 client (default: %(default)s)")
     parser.add_argument("--width", metavar="PX", type=int, default=84,
                         help="camera width (default: %(default)s)")
     parser.add_argument("--height", metavar="PX", type=int, default=84,
@@ -89,8 +169,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def main_carla084(args: argparse.Namespace) -> int:
+    sensors = configurations(args.width, args.height, False)["rgb_{}x{}".format(args.width,
+                                                                                  args.height)]
+    builtin = measure(sensors, args.ticks, args.seed, 0)
+    through = measure_carla084(sensors, args.ticks, args.seed, args.legacy_client)
+    ratio = through["ticks_per_second"] / builtin["ticks_per_second"]
+    report = {"python": platform.python_version(), "ticks": args.ticks,
+              "camera": "{}x{} RGB".format(args.width, args.height),
+              "builtin_in_process": builtin, "carla084_protocol": through,
+              "ratio": ratio, "goal": 0.5}
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print("CARLA 0.8.4 protocol vs built-in world in process: Python {}, {} ticks, {}".format(
+        report["python"], args.ticks, report["camera"]))
+    print("{:<34} {:>10} {:>10}".format("path", "ticks/s", "us/tick"))
+    print("{:<34} {:>10.0f} {:>10.1f}".format("built-in world, in process",
+                                              builtin["ticks_per_second"], builtin["us_per_tick"]))
+    print("{:<34} {:>10.0f} {:>10.1f}".format(
+        "carla084_server, {} client".format(through["client"]), through["ticks_per_second"],
+        through["us_per_tick"]))
+    print("ratio {:.2f}x (goal >= 0.5x)".format(ratio))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.world == "carla084":
+        return main_carla084(args)
     results = {}
     for name, sensors in configurations(args.width, args.height, args.all).items():
         results[name] = measure(sensors, args.ticks, args.seed, args.npc)

@@ -13,9 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bridge.errors import BridgeError, SpecError
-from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import Tick, WorldSpec
 from carla_client import carla_api
+from carla_client import carla_lead
 from carla_client.backend import WorldBackend
 from carla_client.carla_api import (CarlaActorLostError, CarlaConnectionError, CarlaSetupError,
                                     CarlaTimeoutError, CarlaUnavailableError, SensorTimeoutError,
@@ -603,6 +604,8 @@ class CarlaWorld(WorldBackend):
             self._route_distance += float(np.dot(np.subtract(location, self._last_location),
                                                  forward))
         self._last_location = location
+        lead_distance, lead_closing_speed = carla_lead.lead_vehicle(
+            self._ego, lane, self._world.get_actors().filter("vehicle.*"), LEAD_RANGE)
         return {
             "location": np.array(location, dtype=np.float64),
             "yaw": wrap_degrees(transform.rotation.yaw),
@@ -614,6 +617,8 @@ class CarlaWorld(WorldBackend):
             "route_distance": self._route_distance,
             "route_completion": self._route_distance / self._route_length,
             "off_road": on_lane is None,
+            "lead_distance": lead_distance,
+            "lead_closing_speed": lead_closing_speed,
         }
 
 

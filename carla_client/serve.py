@@ -31,7 +31,9 @@ class WorldSessionHandler(SessionHandler):
     def describe(self) -> Dict[str, Any]:
         description = {"name": self.backend.name, "version": self.backend.version,
                        "spec": self.backend.spec(),
-                       "snapshot": bool(self.backend.supports_snapshot)}  # type: Dict[str, Any]
+                       "snapshot": bool(self.backend.supports_snapshot),
+                       "deterministic": bool(self.backend.deterministic),
+                       "settings": self.backend.settings()}  # type: Dict[str, Any]
         budget = self.backend.step_budget()
         if budget is not None:
             description["step_budget_seconds"] = float(budget)

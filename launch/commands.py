@@ -4,32 +4,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from carla_client import registry
 from launch.config import REPO_ROOT, LaunchConfig, find_input
 from launch.procs import child_env  # noqa: F401  (the launcher's callers build children's env here)
 
+#: the sensors of clients.sensors=auto without the live view: collision and lane invasion, no camera.
+EVENT_SENSORS = Path(__file__).resolve().parent / "configs" / "sensors_events.json"
+
 #: agent config keys the launcher sets itself (from its own config) on the trainer's command line.
-LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
+LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints", "env.curve")
 
 
 def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
-    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``."""
+    """``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=P ...`` for server ``index``.
+
+    The arguments are the world kind's (registry): a 0.8.4 server gets ``-carla-server
+    -carla-world-port=P ...``.
+    """
     assert config.carla.executable, "carla_server_argv needs carla.executable"
     executable = str(find_input(config.carla.executable))
-    return [executable, "-RenderOffScreen", f"-carla-rpc-port={config.carla.rpc_port(index)}",
-            *config.carla.extra_args]
+    info = registry.get(config.world_kind)
+    return [executable, *info.server_argv(config.carla.rpc_port(index)), *config.carla.extra_args]
 
 
 def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
-    """``<sim python> -m carla_client --world W --bind tcp://host:(base_port + index) ...``."""
+    """``<sim python> -m carla_client --world W --bind tcp://host:(base_port + index) ...``.
+
+    Built-in world: client i serves the circuits ``seed + i * circuits`` onwards, so clients never
+    share a circuit, with ``npc_vehicles`` NPCs.
+    """
     clients = config.clients
     argv = [sim_python, "-m", clients.module, "--world", config.world_kind,
-            "--bind", clients.endpoints()[index], "--seed", str(clients.seed + index)]
-    if config.world_kind == "carla":
-        argv += ["--host", config.carla.host, "--port", str(config.carla.rpc_port(index)),
-                 "--tm-port", str(config.carla.tm_port + index)]
-    if clients.sensors:
-        argv += ["--sensors", str(find_input(clients.sensors))]
+            "--bind", clients.endpoints()[index]]
+    if config.world_kind == "builtin":
+        argv += ["--seed", str(clients.seed + index * clients.circuits), "--npc",
+                 str(clients.npc_vehicles), "--circuits", str(clients.circuits)]
+    else:
+        argv += ["--seed", str(clients.seed + index)]
+    flags = registry.get(config.world_kind).server_flags  # what this world kind reads
+    values = {"--host": config.carla.host, "--port": str(config.carla.rpc_port(index)),
+              "--tm-port": str(config.carla.tm_port + index)}
+    for flag in flags:
+        argv += [flag, values[flag]]
+    sensors = clients.sensors
+    if sensors == "auto":  # the default policy needs no camera: render one only for the live view
+        sensors = None if config.view else str(EVENT_SENSORS)
+    if sensors:
+        argv += ["--sensors", str(find_input(sensors))]
+    if config.curve:
+        argv += ["--curve", curve_dir(config)]
     return argv + list(clients.extra_args)
+
+
+def curve_dir(config: LaunchConfig) -> str:
+    """The configured CurveZMQ key directory as an absolute path (children run in other directories)."""
+    assert config.curve, "curve_dir needs config.curve"
+    return str(Path(config.curve).expanduser().resolve())
 
 
 def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -63,8 +93,10 @@ def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_
     else:
         head = ["--config", str(find_input(config.trainer.config)), "--run-name", run_name,
                 f"runs_dir={runs_dir}"]
+    curve = [f"env.curve={curve_dir(config)}"] if config.curve else []
+    view = ["view=true"] if config.view else []
     return [trainer_python, "-m", config.trainer.module, *head,
-            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *overrides]
+            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *curve, *view, *overrides]
 
 
 def run_dir_of(resume: Path) -> Path:

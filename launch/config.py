@@ -12,9 +12,12 @@ import yaml
 from bridge.errors import ConfigError, UnknownKeyError
 from launch.interpreters import find_sim_python, find_trainer_python
 from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
+from launch.overrides import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+#: console: auto = the live panel in a terminal, plain progress lines otherwise.
+CONSOLE_MODES = ("auto", "live", "plain", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,8 @@ class ClientsSection:
     base_port: int
     sensors: str | None
     seed: int
+    npc_vehicles: int
+    circuits: int
     extra_args: tuple[str, ...]
     ready_timeout: float
     stop_timeout: float
@@ -85,6 +90,21 @@ class TensorBoardSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterSection:
+    """Where the sims run: ``local`` (children of the launcher) or ``ray`` (one Ray actor per sim)."""
+
+    kind: str
+    address: str | None
+    sim_resource: str
+    max_restarts: int
+    ready_timeout: float
+
+
+#: sections that name a choice: ``cluster=ray`` on the command line is short for ``cluster.kind=ray``.
+SHORTHANDS = {"cluster": "cluster.kind"}
+
+
+@dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     """The resolved configuration (see launch/configs/default.yaml for every key's meaning)."""
 
@@ -97,10 +117,15 @@ class LaunchConfig:
     restart: RestartSection
     trainer: TrainerSection
     tensorboard: TensorBoardSection
+    cluster: ClusterSection
+    console: str = "auto"
+    view: bool = False
+    curve: str | None = None
 
     @property
     def world_kind(self) -> str:
-        """``builtin`` or ``carla`` (``auto`` resolved by whether a CARLA executable is configured)."""
+        """A registered world kind (carla_client/registry.py); ``auto`` is ``carla`` when a CARLA
+        executable is configured, else ``builtin``."""
         if self.world == "auto":
             return "carla" if self.carla.executable else "builtin"
         return self.world
@@ -116,13 +141,12 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     raw = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
         raw = merge(raw, _read_yaml(Path(path)), str(path))
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, shorthands=SHORTHANDS)
     return from_dict(raw)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a launcher config must be a YAML mapping")
     return data
@@ -170,11 +194,28 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         restart=section(RestartSection, raw["restart"], "restart"),
         trainer=section(TrainerSection, raw["trainer"], "trainer"),
         tensorboard=section(TensorBoardSection, raw["tensorboard"], "tensorboard"),
+        console=_coerce(raw.get("console", "auto"), "str", "console"),
+        view=_coerce(raw.get("view", False), "bool", "view"),
+        cluster=section(ClusterSection, raw["cluster"], "cluster"),
+        curve=_coerce(raw.get("curve"), "str | None", "curve"),
     )
-    if config.world not in ("auto", "builtin", "carla"):
-        raise ConfigError(f"world must be auto, builtin or carla, not {config.world!r}")
+    if config.console not in CONSOLE_MODES:
+        raise ConfigError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")
+    if config.cluster.kind not in ("local", "ray"):
+        raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
+    if config.cluster.max_restarts < 0:
+        raise ConfigError("cluster.max_restarts must be 0 or more")
+    # imported here: the trainer reads this module (read_yaml, overrides) and never imports the sim
+    # package; only the launcher's own configuration names a world kind.
+    from carla_client import registry
+
+    if config.world != "auto" and config.world not in registry.names():
+        raise ConfigError(f"world must be auto or one of {', '.join(registry.names())} "
+                          f"(carla_client/registry.py), not {config.world!r}")
     if config.clients.count < 1:
         raise ConfigError("clients.count must be at least 1")
+    if config.clients.npc_vehicles < 0 or config.clients.circuits < 1:
+        raise ConfigError("clients.npc_vehicles must be >= 0 and clients.circuits >= 1")
     for name, port in (("clients.base_port", config.clients.base_port),
                        ("carla.port", config.carla.port), ("tensorboard.port", config.tensorboard.port)):
         if not 1 <= port <= 65535:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from bridge.keys import check_key_directory, client_public_keys
+from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig, find_input, resolve_interpreters
 from launch.interpreters import SETUP_HINT, read_envs
@@ -111,6 +113,25 @@ def check_packages(side: str, python: str, modules: tuple[str, ...], fix: str) -
     return rows
 
 
+def check_world_needs(info: registry.BackendInfo, python: str, interpreter: Row) -> list[Row]:
+    """The world kind's interpreter range and alternative client libraries (from the registry)."""
+    rows = []
+    version = interpreter.detail.split()[1] if interpreter.detail.startswith("Python ") else ""
+    if version:
+        supported = info.python_supported(tuple(int(v) for v in version.split(".")))
+        rows.append(Row(OK if supported else FAIL, f"world {info.name}: sim Python",
+                        f"{version}; the backend supports {info.python_range()}",
+                        f"build the sim venv with a supported interpreter: `python3 "
+                        f"scripts/setup_envs.py --sim-python X.Y`"))
+    for group in info.requires_any:
+        found = check_packages("sim", python, group, SETUP_HINT)
+        usable = [r.check.split()[-1] for r in found if r.status == OK]
+        detail = f"usable: {', '.join(usable)}" if usable else "none of " + ", ".join(group)
+        rows.append(Row(OK if usable else FAIL, f"world {info.name}: one of {', '.join(group)}",
+                        detail, SETUP_HINT))
+    return rows
+
+
 def check_carla_clients(interpreters: list[tuple[str, str]], need_carla: str | None) -> list[Row]:
     """One row per (label, python): the CARLA client version that interpreter imports, if any.
 
@@ -159,7 +180,7 @@ def check_ports(config: LaunchConfig) -> list[Row]:
             other = first_free_port(tb.host, tb.port + 1)
             rows.append(Row(WARN, f"port {tb.port}", f"in use (an old TensorBoard?): the launcher will "
                             f"use {other} instead", f"or set tensorboard.port={other}"))
-    if config.world_kind == "carla" and config.carla.executable:
+    if registry.get(config.world_kind).needs_server and config.carla.executable:
         for index in range(clients.count):
             port = config.carla.rpc_port(index)
             if port_is_free("127.0.0.1", port):
@@ -171,10 +192,39 @@ def check_ports(config: LaunchConfig) -> list[Row]:
     return rows
 
 
+def check_curve(config: LaunchConfig, sim_python: str | None) -> list[Row]:
+    """The CurveZMQ key directory (``curve: DIR``): both key pairs readable, secrets private, and
+    libzmq with CURVE under both interpreters."""
+    loopback = config.clients.host in ("127.0.0.1", "localhost", "::1")
+    if not config.curve:
+        if loopback:
+            return []
+        return [Row(FAIL, "curve keys", f"carla_client binds {config.clients.host}, beyond this "
+                    "host, without CurveZMQ", "make keys with `python -m bridge.keys DIR` and set "
+                    "curve=DIR, or keep clients.host=127.0.0.1 and use an SSH tunnel")]
+    directory = commands.curve_dir(config)
+    rows = []
+    for side in ("server", "client"):
+        problems = check_key_directory(directory, side)
+        rows.append(Row(FAIL, f"curve {side} keys", "; ".join(problems),
+                        f"make keys with `python -m bridge.keys {directory}`") if problems else
+                    Row(OK, f"curve {side} keys", f"{directory} ({side}.key_secret private)"))
+    if rows[0].status == OK:
+        rows[0] = rows[0]._replace(detail=rows[0].detail + f"; {len(client_public_keys(directory))} "
+                                   "client key(s) accepted")
+    if sim_python:
+        code, out = _run([sim_python, "-c", "import zmq; print(zmq.has('curve'))"], 30)
+        if code != 0 or out.strip() != "True":
+            rows.append(Row(FAIL, "sim: curve support", f"libzmq under {sim_python} lacks CURVE "
+                            f"({out.strip()[-200:]})", SETUP_HINT))
+    return rows
+
+
 def check_carla(config: LaunchConfig, sim_python: str | None, sim_has_carla: bool) -> list[Row]:
     carla = config.carla
-    if config.world_kind != "carla":
-        return [Row(OK, "CARLA server", "not needed: world is builtin (set carla.executable or "
+    info = registry.get(config.world_kind)
+    if not info.needs_server:
+        return [Row(OK, "CARLA server", f"not needed: world is {info.name} (set carla.executable or "
                     "world=carla to use CARLA)")]
     if carla.executable:
         path = find_input(carla.executable)
@@ -191,12 +241,12 @@ def check_carla(config: LaunchConfig, sim_python: str | None, sim_has_carla: boo
             wait_tcp(carla.host, port, time.monotonic() + 3.0)
         except NotReady:
             rows.append(Row(FAIL, f"CARLA server {carla.host}:{port}", "no answer",
-                            f"start it: `./CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}`; on "
+                            f"start it: {info.start_hint(port)}; on "
                             f"another host open TCP ports {port}-{port + 2} in its firewall; or set "
                             "carla.executable to let the launcher start it"))
             continue
         detail, status, fix = "accepts TCP connections", OK, ""
-        if sim_python and sim_has_carla:
+        if sim_python and sim_has_carla and info.name == "carla":  # the 0.9 RPC version probe
             code, out = _run([sim_python, "-c", _CARLA_PROBE, carla.host, str(port), "10"], 60)
             lines = out.splitlines()
             if code == 0 and len(lines) >= 2:
@@ -276,10 +326,10 @@ def diagnose(config: LaunchConfig, launcher_python: str, ping: bool = True) -> l
     rows += [sim_row, trainer_row]
     sim_has_carla = False
     if sim_runs:
-        modules = SIM_MODULES + (("carla",) if config.world_kind == "carla" else ())
-        sim_rows = check_packages("sim", sim, modules, SETUP_HINT)
+        info = registry.get(config.world_kind)
+        sim_rows = check_packages("sim", sim, SIM_MODULES + info.requires, SETUP_HINT)
         sim_has_carla = any(r.check == "sim: import carla" and r.status == OK for r in sim_rows)
-        rows += sim_rows
+        rows += sim_rows + check_world_needs(info, sim, sim_row)
     if trainer_runs:
         rows += check_packages("trainer", trainer, TRAINER_MODULES,
                                SETUP_HINT + " (the trainer venv has the [train] extra)")
@@ -290,6 +340,7 @@ def diagnose(config: LaunchConfig, launcher_python: str, ping: bool = True) -> l
         probed.append(("CARLA sim venv", extra))
     rows += check_carla_clients(probed, "sim" if config.world_kind == "carla" else None)
     rows += check_ports(config)
+    rows += check_curve(config, sim if sim_runs else None)
     rows += check_carla(config, sim if sim_runs else None, sim_has_carla)
     if ping:
         if sim_runs:

@@ -7,13 +7,14 @@ value is a list (or that the caller names in ``list_keys``) also takes ``a,b,c``
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection, Iterable
+from pathlib import Path
+from typing import Any, Collection, Iterable, Mapping
 
 import yaml
 
 from bridge.errors import ConfigError, UnknownKeyError
 
-__all__ = ["ConfigError", "UnknownKeyError", "apply_overrides", "parse_value"]
+__all__ = ["ConfigError", "UnknownKeyError", "apply_overrides", "parse_value", "read_yaml"]
 
 
 def _scalar(text: str) -> Any:
@@ -43,13 +44,14 @@ def parse_value(text: str, as_list: bool = False) -> Any:
 
 
 def apply_overrides(config: dict[str, Any], overrides: Iterable[str],
-                    open_sections: Collection[str] = (), list_keys: Collection[str] = ()
-                    ) -> dict[str, Any]:
+                    open_sections: Collection[str] = (), list_keys: Collection[str] = (),
+                    shorthands: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Returns a copy of ``config`` with each ``a.b.c=value`` applied, in order.
 
     Every key must already exist, so a typo fails loudly instead of being ignored, except under an
     ``open_sections`` entry (e.g. ``ppo``, whose keys are keyword arguments passed on), where new keys
-    and sections may be added.
+    and sections may be added. ``shorthands`` maps a key to the one it stands for (the launcher's
+    ``cluster=ray`` is ``cluster.kind=ray``).
 
     Raises:
         UnknownKeyError: a key that does not exist outside the open sections.
@@ -58,7 +60,7 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str],
     config = copy.deepcopy(config)
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
+        key = (shorthands or {}).get(key.strip(), key.strip())
         parts = key.split(".")
         if not sep or not all(parts):
             raise ConfigError(f"override {item!r} must look like key=value or section.key=value")
@@ -80,3 +82,20 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str],
             raise ConfigError(f"override {item!r}: {key!r} is a section; set one of its keys")
         node[parts[-1]] = parse_value(text, key in list_keys or isinstance(current, list))
     return config
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (the launcher's and the trainer's configs).
+
+    Raises:
+        ConfigError (a ValueError): the file is not valid YAML (one line: where and what).
+        OSError: the file cannot be read.
+    """
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from e

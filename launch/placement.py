@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, busy_ports,
@@ -34,6 +35,10 @@ class Supervision(NamedTuple):
     should_abort: Callable[[], bool]
     #: a second signal arrived: skip the grace periods.
     hurry: Callable[[], bool]
+    #: the run's logs/ directory (each process logs to <name>.log there).
+    logs_dir: Path
+    #: records a process started by other means than make_process (name, pid, command line).
+    record: Callable[[str, "int | None", list[str]], None]
 
 
 class Placement:
@@ -70,6 +75,19 @@ class Placement:
         raise NotImplementedError
 
 
+def check_client_ports(config: LaunchConfig) -> None:
+    """Raises LaunchError if a carla_client's port (``clients.base_port + i``) is taken here."""
+    clients = config.clients
+    ports = [clients.base_port + i for i in range(clients.count)]
+    taken = busy_ports(clients.host, ports)
+    if taken:
+        raise LaunchError(
+            f"port(s) {', '.join(map(str, taken))} on {clients.host} are in use, so carla_client "
+            f"cannot bind them. Another launcher or carla_client may still be running (find it with "
+            f"`ss -ltnp 'sport = :{taken[0]}'`, Windows: `netstat -ano | findstr :{taken[0]}`); stop "
+            f"it, or pick other ports with clients.base_port=PORT")
+
+
 class SimClient:
     """A supervised carla_client: its process, its limiter, and a pending restart time."""
 
@@ -93,18 +111,10 @@ class LocalPlacement(Placement):
         return self.config.clients.endpoints()
 
     def check_free(self) -> None:
-        clients = self.config.clients
-        ports = [clients.base_port + i for i in range(clients.count)]
-        taken = busy_ports(clients.host, ports)
-        if taken:
-            raise LaunchError(
-                f"port(s) {', '.join(map(str, taken))} on {clients.host} are in use, so carla_client "
-                f"cannot bind them. Another launcher or carla_client may still be running (find it with "
-                f"`ss -ltnp 'sport = :{taken[0]}'`, Windows: `netstat -ano | findstr :{taken[0]}`); stop "
-                f"it, or pick other ports with clients.base_port=PORT")
+        check_client_ports(self.config)
 
     def start(self) -> None:
-        if self.config.world_kind == "carla":
+        if registry.get(self.config.world_kind).needs_server:
             self._start_carla()
         self._start_clients()
 
@@ -120,8 +130,8 @@ class LocalPlacement(Placement):
                              should_abort=self.supervision.stop_requested)
                 except NotReady as e:
                     raise LaunchError(
-                        f"no CARLA server answers on {carla.host}:{port} ({e}). Start one "
-                        f"(`./CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}`), set "
+                        f"no {self.config.world_kind} server answers on {carla.host}:{port} ({e}). "
+                        f"Start one ({registry.get(self.config.world_kind).start_hint(port)}), set "
                         "carla.executable so the launcher starts it, or use world=builtin") from e
             return
         taken = busy_ports("127.0.0.1", [p + k for p in ports for k in range(3)])

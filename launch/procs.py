@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import errno
+import http.client
 import logging
 import os
 import signal
@@ -110,6 +111,7 @@ class ManagedProcess:
         self.on_start = on_start
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.started_at: float | None = None  # wall-clock time of the latest start
         #: where this start's output begins in the log (the log is appended to across restarts).
         self.log_offset = 0
         self._stop_requested = False
@@ -146,6 +148,7 @@ class ManagedProcess:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logfile,
                                          stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, **kwargs)
         self.starts += 1
+        self.started_at = time.time()
         self._stop_requested = self._exit_reported = False
         log.info("%s: started pid %d (log %s)", self.name, self.proc.pid, self.log_path)
         if self.on_start:
@@ -352,7 +355,9 @@ def wait_http(url: str, deadline: float, process: ManagedProcess | None = None,
             with urllib.request.urlopen(url, timeout=min(2.0, remaining)) as reply:
                 if reply.status == 200:
                     return
-        except (OSError, urllib.error.URLError):
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            # HTTPException: something that is not (yet) an HTTP server answers on the port, e.g.
+            # another program's socket that grabbed it first; the process check below tells.
             pass
         if should_abort():
             raise NotReady(f"stopped while waiting for {url}")

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from agent.status import read_status, status_path
 from launch import commands
+from launch.console import ProcessRow, Snapshot, make_console, trainer_health
 from launch.config import LaunchConfig, default_run_name, resolve_interpreters
 from launch.placement import LocalPlacement, Placement, SimClient, Supervision
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, describe_exit,
@@ -41,8 +43,10 @@ class Launcher:
 
     def __init__(self, config: LaunchConfig, trainer_overrides: Sequence[str] = (),
                  keep_tensorboard: bool = False, keep_tensorboard_seconds: float = 0.0,
-                 resume: Path | None = None, launcher_python: str = sys.executable) -> None:
+                 resume: Path | None = None, launcher_python: str = sys.executable,
+                 log_handler: logging.StreamHandler | None = None) -> None:
         self.config = config
+        self.log_handler = log_handler  # the console routes it above its live panel
         self.resume = resume
         self.keep_tensorboard = keep_tensorboard
         self.keep_tensorboard_seconds = keep_tensorboard_seconds
@@ -76,6 +80,7 @@ class Launcher:
         self._stop_signal: int | None = None
         self._signal_count = 0
         self._shutting_down = False
+        self.console: Any = None
 
     @property
     def servers(self) -> list[ManagedProcess]:
@@ -119,6 +124,9 @@ class Launcher:
         code = 1
         try:
             self._prepare()
+            self.console = make_console(self.config.console, self.snapshot, self.log_handler)
+            if self.console is not None:
+                self.console.start()
             log.info("run %s: logs in %s", self.run_name, self.logs_dir)
             assert self.placement is not None  # _prepare chose it
             self.placement.start()
@@ -140,6 +148,9 @@ class Launcher:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                if self.console is not None:
+                    self.console.update(final=True)
+                    self.console.stop()
         log.info("launcher exits with %d", code)
         return code
 
@@ -154,11 +165,50 @@ class Launcher:
             raise LaunchError(f"the trainer interpreter {trainer} ({trainer_from}) is not executable: "
                               "run `python3 scripts/setup_envs.py` or set interpreters.trainer_python")
         self.sim_python, self.trainer_python = sim, trainer
-        self.placement = LocalPlacement(self.config, sim, Supervision(
-            self._process, self.stop_requested, self._abort_wait, self._hurry))
+        supervision = Supervision(self._process, self.stop_requested, self._abort_wait, self._hurry,
+                                  self.logs_dir, self._record)
+        if self.config.cluster.kind == "ray":
+            from launch.ray_placement import RayPlacement  # Ray is an optional extra ([cluster])
+
+            self.placement = RayPlacement(self.config, sim, supervision)
+        else:
+            self.placement = LocalPlacement(self.config, sim, supervision)
         self.placement.check_free()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_state()
+
+    # ---------------------------------------------------------------- console
+
+    def snapshot(self) -> Snapshot:
+        """What the console shows now (called from the console's refresh thread too: reads only)."""
+        rows = [self._row(server) for server in list(self.servers)]
+        for client in list(self.clients):
+            row = self._row(client.process)
+            if client.restart_at is not None:
+                row.state, row.ok = "restarting", False
+            rows.append(row)
+        status = read_status(status_path(self.run_dir))
+        trainer_row = None
+        if self.trainer is not None:
+            trainer = self.trainer
+            alive = trainer.alive()
+            text, ok = trainer_health(status, alive, describe_exit(trainer.returncode),
+                                      trainer.started_at, time.time())
+            trainer_row = ProcessRow(trainer.name, text, max(trainer.starts - 1, 0), trainer.log_path,
+                                     ok)
+            rows.append(trainer_row)
+        if self.tensorboard is not None:
+            rows.append(self._row(self.tensorboard))
+        return Snapshot(self.run_name, self.tensorboard_url, rows, status, trainer_row)
+
+    @staticmethod
+    def _row(process: ManagedProcess) -> ProcessRow:
+        if process.proc is None:
+            return ProcessRow(process.name, "not started", 0, process.log_path)
+        code = process.returncode
+        state = "running" if code is None else f"exited {describe_exit(code)}"
+        return ProcessRow(process.name, state, max(process.starts - 1, 0), process.log_path,
+                          code is None or code == 0)
 
     # ---------------------------------------------------------------- starting
 
@@ -168,8 +218,13 @@ class Launcher:
                               cwd=cwd, on_start=self._record_start)
 
     def _record_start(self, process: ManagedProcess) -> None:
-        self._started.append({"name": process.name, "pid": process.pid, "start": process.starts,
-                              "time": time.time(), "argv": process.argv})
+        self._record(process.name, process.pid, process.argv)
+
+    def _record(self, name: str, pid: int | None, argv: Sequence[str]) -> None:
+        """Adds a started process to launcher.json (its pid, its start number and command line)."""
+        start = sum(1 for p in self._started if p["name"] == name) + 1
+        self._started.append({"name": name, "pid": pid, "start": start, "time": time.time(),
+                              "argv": list(argv)})
         self._write_state()
 
     def _write_state(self) -> None:
@@ -252,6 +307,8 @@ class Launcher:
                 tensorboard_reported = True
                 log.warning("tensorboard: exited with %s (see %s); training goes on",
                             describe_exit(self.tensorboard.returncode), self.tensorboard.log_path)
+            if self.console is not None:
+                self.console.update()
             self.trainer.wait(PROBE_SECONDS)
 
     def _after_training(self) -> None:

@@ -10,7 +10,7 @@ Layout (default --venv-dir .venvs):
     .venvs/sim-3.7/     (--with-carla-sim) Python 3.7, `pip install -e .[test,carla]`: the real
                         `carla==0.9.15` client most CARLA 0.9.10-0.9.15 users run; the CARLA backend's
                         tests run here too (scripts/run_tests.py)
-    .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,test]` (torch pinned to 2.13.0)
+    .venvs/trainer/     Python 3.11, `pip install -e .[train,carla,cluster,test]` (torch pinned to 2.13.0)
     .venvs/envs.json    {"sim_python": ..., "trainer_python": ..., "carla_sim_python": ..., ...}: read by
                         tests/ and the launcher
 
@@ -43,7 +43,7 @@ STAMP_NAME = ".czb-stamp.json"
 STAMP_SCHEMA = 1
 
 SIM_EXTRAS = "test"
-TRAINER_EXTRAS = "train,carla,test"
+TRAINER_EXTRAS = "train,carla,cluster,test"
 CARLA_SIM_EXTRAS = "test,carla"
 DEFAULT_SIM_VERSION = "3.6"
 DEFAULT_TRAINER_VERSION = "3.11"
@@ -270,6 +270,8 @@ def ensure_venv(name, base_python, extras, venv_root, force=False, update_constr
                                       "  (constraints: %s)" % os.path.relpath(constraints, REPO_ROOT)
                                       if use_constraints else ""))
     run_logged(pip + cflags + ["--no-build-isolation", "-e", target], log_path, verbose)
+    if "train" in extras.split(","):
+        ensure_opencv_gui(py, pip + cflags, label, log_path, verbose)
     try:
         run_logged([py, "-m", "pip", "check"], log_path, verbose)
     except StepFailed as e:
@@ -283,6 +285,47 @@ def ensure_venv(name, base_python, extras, venv_root, force=False, update_constr
                    "built": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
     log("%s: ready in %.0f s (log: %s)" % (label, time.monotonic() - started, log_path))
     return py, base_version
+
+
+def _installed(py, names):
+    """{distribution: version} of those among ``names`` installed in the venv of ``py``."""
+    code = ("import importlib.metadata as m, json, sys\n"
+            "found = {}\n"
+            "for name in sys.argv[1:]:\n"
+            "    try:\n"
+            "        found[name] = m.version(name)\n"
+            "    except m.PackageNotFoundError:\n"
+            "        pass\n"
+            "print(json.dumps(found))")
+    out = subprocess.check_output([py, "-c", code] + list(names), cwd=REPO_ROOT)
+    return json.loads(out.decode())
+
+
+def ensure_opencv_gui(py, pip, label, log_path, verbose):
+    """Leaves the trainer venv with exactly one OpenCV, the GUI build if it imports here.
+
+    The live view (agent/view.py) needs opencv-python; its Qt build needs the system's libGL
+    (Debian: libgl1). A venv made before the switch also holds opencv-python-headless: both ship
+    cv2/, so the headless one is removed and the GUI one reinstalled over its files. Where
+    opencv-python cannot be imported (no libGL), opencv-python-headless replaces it: everything but
+    the live view works, and the view says why it is off.
+    """
+    gui, headless = "opencv-python", "opencv-python-headless"
+    found = _installed(py, (gui, headless))
+    if gui not in found:
+        return
+    if headless in found:
+        log("%s: replacing %s by %s (the live view needs OpenCV's GUI)" % (label, headless, gui))
+        run_logged([py, "-m", "pip", "uninstall", "-y", headless], log_path, verbose)
+        run_logged(pip + ["--force-reinstall", "--no-deps", "%s==%s" % (gui, found[gui])], log_path,
+                   verbose)
+    probe = subprocess.call([py, "-c", "import cv2"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if probe != 0:
+        log("%s: WARNING: %s does not import here (missing libGL? Debian: apt-get install libgl1); "
+            "installing %s instead: no live view window" % (label, gui, headless))
+        run_logged([py, "-m", "pip", "uninstall", "-y", gui], log_path, verbose)
+        run_logged(pip + ["--no-deps", "%s==%s" % (headless, found[gui])], log_path, verbose)
 
 
 def write_constraints(py, path, label):

@@ -165,6 +165,7 @@ class FakeActor(object):
         self.control = server.carla.VehicleControl()
         self.callback = None
         self.alive = True
+        self.bounding_box = Obj(extent=server.carla.Vector3D(2.3, 1.0, 0.75))
 
     def _call(self, name, *args):
         self.server.enter(name, self.id, *args)
@@ -253,9 +254,21 @@ class LegacyActor(FakeActor):
 
 class FakeWaypoint(object):
     def __init__(self, carla, x):
+        self.carla = carla
         self.transform = carla.Transform(carla.Location(x=x, y=0.0, z=0.0),
                                          carla.Rotation(pitch=0.0, yaw=0.0, roll=0.0))
         self.lane_width = LANE_WIDTH
+
+    def next(self, distance):
+        return [FakeWaypoint(self.carla, self.transform.location.x + distance)]
+
+    def previous(self, distance):
+        return [FakeWaypoint(self.carla, self.transform.location.x - distance)]
+
+
+class FakeActorList(list):
+    def filter(self, pattern):
+        return FakeActorList(a for a in self if fnmatch.fnmatch(a.type_id, pattern))
 
 
 class FakeMap(object):
@@ -310,6 +323,10 @@ class FakeWorld(object):
         if blueprint.id in server.fail_spawn:
             raise RuntimeError("Spawn failed because of collision at spawn position")
         return server.add_actor(blueprint, transform, attach_to)
+
+    def get_actors(self):
+        self.server.calls.append(("get_actors",))
+        return FakeActorList(self.server.actors.values())
 
     def get_snapshot(self):
         self.server.enter("get_snapshot")

@@ -154,7 +154,7 @@ def test_an_action_spec_the_env_cannot_drive_is_a_spec_error(action, match):
 
 def test_importing_the_trainer_never_imports_the_sim_package():
     """The schema lives in bridge/: the env, the vec envs and the trainer load no carla_client module."""
-    probe = ("import sys, agent, agent.env, agent.vec, agent.train\n"
+    probe = ("import sys, agent, agent.env, agent.vec, agent.train, launch.config, launch.overrides\n"
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'carla_client'"
              " or m == 'agent.inprocess'))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
@@ -196,6 +196,52 @@ def test_compute_reward_terms():
     assert terms["centre"] == pytest.approx(-0.25)
     assert terms["collision"] == -5.0 and terms["lane_invasion"] == -2.0
     assert total == pytest.approx(sum(terms.values()))
+
+
+def test_speed_target_behind_a_slower_car_and_the_overspeed_penalty():
+    config = RewardConfig(progress=0.0, speed=1.0, target_speed=10.0, centre=0.0, heading=0.0,
+                          follow_headway=1.5, follow_gap=4.0, overspeed=1.0)
+    before = {"route_distance": 0.0}
+
+    def speed_term(speed, gap):
+        after = {"route_distance": 0.0, "speed": speed, "lateral_offset": 0.0, "heading_error": 0.0,
+                 "off_road": False, "lead_distance": gap}
+        return compute_reward(before, after, [], config)[1]["speed"]
+
+    assert speed_term(10.0, 50.0) == pytest.approx(1.0)  # free road: the target speed
+    assert speed_term(6.0, 13.0) == pytest.approx(1.0)  # 9 m beyond the gap at 1.5 s: 6 m/s is right
+    assert speed_term(10.0, 13.0) == pytest.approx(1.0 - 0.4 - 0.4)  # too fast there, and overspeed
+    assert speed_term(0.0, 3.0) == pytest.approx(1.0)  # stopped right behind: correct
+    assert speed_term(12.0, 50.0) == pytest.approx(1.0 - 0.2 - 0.2)
+    lap_only = RewardConfig(progress=0.0, centre=0.0, heading=0.0)  # the defaults: no following term
+    after = {"route_distance": 0.0, "speed": 10.0, "lateral_offset": 0.0, "heading_error": 0.0,
+             "off_road": False, "lead_distance": 5.0}
+    assert compute_reward(before, after, [], lap_only)[1]["speed"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="overspeed"):
+        RewardConfig.from_dict({"overspeed": -1})
+
+
+def test_lead_vehicle_features_come_from_the_sims_measurements():
+    endpoint = "inprocess://builtin?npc=2&sensors=" + str(
+        Path(__file__).resolve().parent.parent / "launch" / "configs" / "sensors_events.json")
+    with CarlaBridgeEnv(endpoint, camera=None, lead_vehicle=True) as e:
+        assert e.observation_space["vehicle_state"].shape == (13,)
+        obs, _ = e.reset(seed=0)
+        state = obs["vehicle_state"]
+        obs, _, _, _, info = e.step(np.array([0.0, 0.5]))
+        gap = info["lead_distance"]
+        assert 0.0 <= gap <= 50.0
+        assert obs["vehicle_state"][10] == pytest.approx(gap / 50.0, abs=1e-6)
+        assert state.shape == (13,)
+    with CarlaBridgeEnv(endpoint, camera=None) as e:
+        assert e.observation_space["vehicle_state"].shape == (10,)  # the lap-only policy's state
+    older = RingWorld()
+    spec = older.spec()
+    older.spec = lambda: spec._replace(measurements=tuple(  # a sim from before the lead fields
+        f for f in spec.measurements if not f.name.startswith("lead_")))
+    with pytest.raises(SpecError, match="lead_vehicle=True"):
+        CarlaBridgeEnv("inprocess://ring", lead_vehicle=True,
+                       client_factory=lambda: InProcessClient(older))
 
 
 def test_collision_terminates_with_episode_metrics(env):

@@ -5,9 +5,12 @@ import sys
 import time
 
 import pytest
+import yaml
+
+from agent.status import read_status
 
 from launch.interpreters import REPO_ROOT
-from launch.procs import NotReady, child_env, free_tcp_endpoint, wait_bridge
+from launch.procs import child_env
 
 TINY = ["ppo.n_steps=64", "ppo.batch_size=32", "ppo.n_epochs=1", "checkpoint_every=128",
         "progress_bar=false", "env.max_episode_steps=100", "policy.cnn_dim=32"]
@@ -34,14 +37,8 @@ def scalars(run_dir):
 
 
 @pytest.fixture
-def endpoint(sim_process):
-    endpoint = free_tcp_endpoint()
-    proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint])
-    try:
-        wait_bridge(endpoint, time.monotonic() + 30.0, proc)
-    except NotReady as e:
-        pytest.fail(f"{e}:\n{proc.log_tail()}")
-    return endpoint
+def endpoint(builtin_endpoint):
+    return builtin_endpoint
 
 
 def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
@@ -51,6 +48,13 @@ def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
     assert "step 128/256" in first.stderr and "step 256/256" in first.stderr  # progress in the log
     run_dir = runs / "smoke"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "model.zip").is_file()
+    # the status channel the launcher's console reads, and the device `device: auto` resolved to
+    status = read_status(run_dir / "status.json")
+    assert status["phase"] == "finished" and status["num_timesteps"] == 256
+    assert status["total_timesteps"] == 256 and status["episodes"] >= 1 and status["steps_per_second"] > 0
+    assert status["device"] == "cpu" and status["last_episode"]["length"] > 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["device"] == "auto" and config["resolved_device"] == "cpu"  # no GPU in CI
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["ppo_128_steps.zip", "ppo_256_steps.zip"]
 
@@ -71,6 +75,17 @@ def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):
                                "--episodes", "2", "--video", str(video), "--endpoint", endpoint,
                                "env.max_episode_steps=20"))
     assert "lap" in result.stdout and video.stat().st_size > 1000
+
+
+def test_time_limit_ends_training_and_saves_the_model(endpoint, tmp_path):
+    runs = tmp_path / "runs"
+    result = run(agent_command("agent.train", "--run-name", "timed", "total_timesteps=1000000",
+                               "time_limit_minutes=0.02", f"endpoints={endpoint}", f"runs_dir={runs}",
+                               *TINY))
+    assert "time limit of 0.02 min reached at step" in result.stderr
+    assert (runs / "timed" / "model.zip").is_file()
+    status = read_status(runs / "timed" / "status.json")
+    assert status["phase"] == "finished" and 0 < status["num_timesteps"] < 1000000
 
 
 def test_sigterm_saves_a_checkpoint(endpoint, tmp_path, sim_process):

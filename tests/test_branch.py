@@ -68,6 +68,21 @@ def test_env_restore_across_interpreters(served_builtin):
         env.close()
 
 
+def test_env_restore_with_a_camera_on_the_shared_memory_path(sim_process, tmp_path):
+    """A 128x128 BGRA camera (64 KiB) travels through /dev/shm slots; a restore reply does not (it
+    travels as a frame) and must not disturb the slots' alternation."""
+    sensors = tmp_path / "sensors.json"
+    sensors.write_text(json.dumps([{"name": "camera", "type": "sensor.camera.rgb", "view": "chase",
+                                    "width": 128, "height": 128}]))
+    endpoint = free_tcp_endpoint()
+    proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint,
+                        "--sensors", str(sensors)])
+    wait_bridge(endpoint, time.monotonic() + 60.0, proc)
+    with CarlaBridgeEnv(endpoint, **dict(ENV, camera_size=None)) as env:
+        assert env.server_info.shm is True
+        check_env_restore(env)
+
+
 def test_env_snapshot_refused_by_a_world_that_cannot_and_before_reset():
     with CarlaBridgeEnv("inprocess://ring", camera_size=None) as env:
         with pytest.raises(RuntimeError, match="reset"):

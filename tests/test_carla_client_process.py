@@ -7,7 +7,7 @@ import time
 import pytest
 
 from bridge.client import BridgeClient
-from tests.compliance import NEUTRAL, WorldServerCompliance
+from carla_client.compliance import NEUTRAL, WorldServerCompliance
 from tests.peers.processes import ChildProcess
 
 

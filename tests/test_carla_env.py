@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from agent.callbacks import DrivingMetricsCallback
-from agent.env import CarlaBridgeEnv
+from agent.env import RESET_ATTEMPTS, CarlaBridgeEnv
+from bridge.errors import RemoteTimeoutError
 from tests import fake_carla
 from tests.carla.support import carla_world_served, require_carla
 
@@ -43,6 +44,21 @@ def test_a_sim_side_timeout_truncates_the_episode_and_reset_goes_on(served):
         _, _, terminated, truncated, info = env.step(STRAIGHT)
         assert not (terminated or truncated) and "sim_error" not in info
         assert env.client.info.session == session, "no reconnect: the session survived"
+
+
+def test_a_reset_the_sim_could_not_finish_is_tried_again(served):
+    server, bridge = served
+    with CarlaBridgeEnv(bridge.endpoint, use_shm=False) as env:
+        env.reset(seed=0)
+        resets = len(server.calls_named("set_transform"))
+        server.drop_frames[server.frame + 1] = {"sensor.camera.rgb"}  # the reset's own tick
+        obs, info = env.reset()
+        assert obs in env.observation_space and info["frame"] == 0
+        assert len(server.calls_named("set_transform")) == resets + 2, "one retry"
+        server.drop.add("sensor.camera.rgb")  # for good: the env gives up after RESET_ATTEMPTS
+        with pytest.raises(RemoteTimeoutError, match="'camera'"):
+            env.reset()
+        assert len(server.calls_named("set_transform")) == resets + 2 + RESET_ATTEMPTS
 
 
 def test_a_lost_ego_truncates_the_episode_and_reset_rebuilds_it(served):

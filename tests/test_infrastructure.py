@@ -152,3 +152,15 @@ def test_list_values():
     assert parse_value("tcp://h:1,tcp://h:2", as_list=True) == ["tcp://h:1", "tcp://h:2"]
     assert parse_value("tcp://h:1,tcp://h:2") == "tcp://h:1,tcp://h:2"
     assert apply_overrides({"size": None}, ["size=32,48"], list_keys={"size"}) == {"size": [32, 48]}
+
+
+def test_cluster_shorthand_and_its_checks():
+    from launch.config import load_config
+
+    assert load_config(None, []).cluster.kind == "local"
+    config = load_config(None, ["cluster=ray", "cluster.address=auto"])
+    assert (config.cluster.kind, config.cluster.address) == ("ray", "auto")
+    with pytest.raises(ConfigError, match="cluster must be local or ray"):
+        load_config(None, ["cluster=slurm"])
+    with pytest.raises(ConfigError, match="max_restarts"):
+        load_config(None, ["cluster.max_restarts=-1"])

@@ -123,7 +123,14 @@ def test_command_lines():
     argv = commands.client_argv(config, 1, "/sim/python")
     assert argv[:3] == ["/sim/python", "-m", "carla_client"]
     assert argv[argv.index("--bind") + 1] == "tcp://127.0.0.1:6001"
-    assert argv[argv.index("--seed") + 1] == "8" and "--host" not in argv
+    # built-in world: client 1 serves the 8 circuits after client 0's, with the NPCs
+    assert argv[argv.index("--seed") + 1] == "15" and "--host" not in argv
+    assert argv[argv.index("--circuits") + 1] == "8" and argv[argv.index("--npc") + 1] == "6"
+    assert "view=true" not in commands.trainer_argv(config, "py", "r", Path("/runs"), ["e"], [])
+    assert argv[argv.index("--sensors") + 1].endswith("sensors_events.json")  # no camera to render
+    viewing = load_config(None, ["view=true"])
+    assert "view=true" in commands.trainer_argv(viewing, "py", "r", Path("/runs"), ["e"], [])
+    assert "--sensors" not in commands.client_argv(viewing, 0, "py")  # the default camera, for the view
     carla = load_config(None, ["clients.count=2", "carla.executable=/opt/carla/CarlaUE4.sh",
                                "carla.port=2000", "carla.port_stride=3"])
     argv = commands.client_argv(carla, 1, "py")

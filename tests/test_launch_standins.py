@@ -4,8 +4,11 @@
         [--ignore-sigterm] [--fail-once MARKER]
         (the sim side: the counting peer with carla_client's command line; runs under Python 3.6)
     python -m tests.test_launch_standins --config C --run-name R runs_dir=D endpoints=a,b total_timesteps=N
-        (the trainer: steps every endpoint N times, reconnecting like agent.env does; SIGINT/SIGTERM
-        write checkpoints/standin_<step>.txt and exit 130; the end writes model.zip)
+        [go_silent_at=K]
+        (the trainer: steps every endpoint N times, reconnecting like agent.env does, and reports its
+        progress in status.json like agent.train; SIGINT/SIGTERM write checkpoints/standin_<step>.txt
+        and exit 130; the end writes model.zip. go_silent_at: after K steps it stops stepping and
+        reporting but stays alive until stopped)
 
 3.6 syntax: the sim side runs under the sim venv. No tests here; test_launch.py uses these.
 """
@@ -122,15 +125,28 @@ def trainer_main(argv):
     total = int(config.get("total_timesteps", "100"))
     print("standin trainer: {} envs, {} steps, overrides {}".format(len(envs), total, args.overrides),
           flush=True)
+    from agent.status import status_path, write_status  # trainer side only (Python 3.11)
+    silent_at = int(config.get("go_silent_at", "0"))
+    status = {"phase": "collecting", "started": time.time(), "num_timesteps": 0,
+              "total_timesteps": total, "start_timesteps": 0, "device": "standin", "episodes": 0}
     step = 0
     try:
         for step in range(1, total + 1):
+            if step == silent_at:
+                print("standin trainer: going silent at step {}".format(step), flush=True)
+                while not interrupted:
+                    time.sleep(0.05)
             try:
                 for env in envs:
                     env.step()
             except RECONNECTABLE:
                 if not interrupted:
                     raise
+            if step % 10 == 0 or step == 1:
+                elapsed = time.time() - status["started"]
+                status.update(updated=time.time(), num_timesteps=step,
+                              steps_per_second=step / elapsed if elapsed > 0 else None)
+                write_status(status_path(run_dir), status)
             if interrupted:
                 path = os.path.join(run_dir, "checkpoints", "standin_{}.txt".format(step))
                 with open(path, "w") as f:

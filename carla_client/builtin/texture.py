@@ -76,7 +76,7 @@ def _signed_distance(track: Track, x0: float, y0: float, shape: Tuple[int, int],
         px = (x0 + (np.arange(c0, c1) + 0.5) * res)[None, :] - ax
         py = (y0 + (np.arange(r0, r1) + 0.5) * res)[:, None] - ay
         ux, uy = bx - ax, by - ay
-        length = math.hypot(ux, uy)
+        length = math.sqrt(ux * ux + uy * uy)  # not hypot: its result varies with the Python version
         t = np.clip((px * ux + py * uy) / (length * length), 0.0, 1.0)
         dx, dy = px - t * ux, py - t * uy
         d2 = dx * dx + dy * dy

@@ -111,6 +111,35 @@ class Traffic(object):
         self.speed[i] = 0.0
         self._update_poses()
 
+    def lead(self, lane: int, sigma: float, forward: bool, ego_speed: float, car_length: float,
+             max_range: float) -> Tuple[float, float]:
+        """(distance, closing speed) to the nearest NPC ahead of the ego in ``lane``.
+
+        Args:
+            lane: the lane the ego is in (0: its own, 1: the opposite one).
+            sigma: the ego's arc length along that lane, in the lane's driving order.
+            forward: True when the ego drives in that lane's driving order, False when against it.
+            ego_speed: the ego's speed along its direction of travel, m/s.
+            car_length: bumper-to-bumper correction (every car has the ego's body).
+            max_range: beyond it (or with no NPC in the lane) the answer is (max_range, 0.0).
+
+        Returns:
+            the bumper-to-bumper gap in metres along the lane (0 when overlapping) and the ego's
+            speed minus the lead's speed along the ego's direction (positive: closing in).
+        """
+        members = self._members[lane] if lane < len(self._members) else ()
+        if not len(members):
+            return max_range, 0.0
+        length = self.lanes[lane].length
+        ahead = self.sigma[members] - sigma if forward else sigma - self.sigma[members]
+        gaps = np.mod(ahead, length)
+        k = int(np.argmin(gaps))
+        distance = float(gaps[k]) - car_length
+        if distance > max_range:
+            return max_range, 0.0
+        lead_speed = float(self.speed[members[k]])
+        return max(distance, 0.0), ego_speed - (lead_speed if forward else -lead_speed)
+
     def poses(self) -> List[Tuple[float, float, float, int]]:
         """(x, y, yaw, colour index) of every NPC."""
         x, y, yaw = self.poses_arrays()

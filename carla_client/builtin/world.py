@@ -1,7 +1,9 @@
 """BuiltinWorld: a small deterministic driving simulator whose data is shaped like CARLA's.
 
-The circuit depends on the constructor's ``seed`` only; the seed given to ``reset`` drives episode
-randomness (random start, NPC placement and speeds). The clock runs on like CARLA's in synchronous
+The circuit depends on the world seed only: the constructor's ``seed``, or with ``circuits=K`` one of
+the seeds ``seed .. seed + K - 1``, drawn at each reset from the reset's seed (or named by the
+``world_seed`` reset option). The seed given to ``reset`` drives episode randomness (circuit, random
+start, NPC placement and speeds). The clock runs on like CARLA's in synchronous
 mode: every tick, resets included (as the CARLA backend ticks once to settle a reset), adds one frame
 and ``tick_seconds``, so frame ids never repeat within a process, except after ``restore``, which
 puts the clock back with everything else (``snapshot``/``restore`` save and restore the full state).
@@ -14,7 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from bridge.errors import ProtocolError, SnapshotError, SpecError
-from bridge.schema import MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
+from bridge.schema import LEAD_RANGE, MEASUREMENT_SPEC, VEHICLE_CONTROL_SPEC, VehicleControl
 from bridge.spec import Tick, WorldSpec
 from carla_client.backend import WorldBackend
 from carla_client.builtin.render import Camera
@@ -32,6 +34,7 @@ RESET_OPTIONS = {
     "random_start": "start at a random point of the route with a small lateral and heading jitter",
     "start_distance": "start this many metres along the route (default 0: the start line)",
     "start_speed": "initial forward speed in m/s (default 0)",
+    "world_seed": "drive this circuit (one of the world's seeds; default: drawn from the reset seed)",
 }
 RANDOM_START_LATERAL = 0.5  # metres either side of the lane centre
 RANDOM_START_HEADING = 0.1  # radians either side of the lane direction
@@ -50,6 +53,8 @@ class BuiltinWorld(WorldBackend):
         sensors: sensor configs (default: ``default_sensors()``); LiDAR is CARLA-only.
         tick_seconds: fixed simulation step.
         seed: the world seed; it alone decides the circuit.
+        circuits: serve this many circuits, world seeds ``seed .. seed + circuits - 1``; each reset
+            draws one (built on first use, then kept).
         npc_vehicles: number of NPC cars (alternating lanes).
         vehicle: ego (and NPC body) parameters.
         track: circuit generation parameters.
@@ -70,7 +75,7 @@ class BuiltinWorld(WorldBackend):
     def __init__(self, sensors: Optional[Sequence[SensorConfig]] = None, tick_seconds: float = 0.05,
                  seed: int = 0, npc_vehicles: int = 0, vehicle: VehicleParams = VehicleParams(),
                  track: TrackParams = TrackParams(), texture_resolution: float = 0.15,
-                 tick_latency: float = 0.0) -> None:
+                 circuits: int = 1, tick_latency: float = 0.0) -> None:
         tick_seconds = float(tick_seconds)
         if not (math.isfinite(tick_seconds) and 0.0 < tick_seconds <= 0.5):
             raise SpecError("tick_seconds must be in (0, 0.5], got {!r}".format(tick_seconds))
@@ -84,17 +89,18 @@ class BuiltinWorld(WorldBackend):
                 raise SpecError("sensor {!r}: sensor.lidar.ray_cast is only available with the "
                                 "CARLA backend (--world carla); remove it from the sensor config "
                                 "for the built-in world".format(sensor.name))
+        if int(circuits) < 1:
+            raise SpecError("circuits must be at least 1, got {!r}".format(circuits))
         self.tick_seconds = tick_seconds
-        self.seed = int(seed)
         self.vehicle = vehicle
-        self.track = cached_track(self.seed, track)
-        cameras = [s for s in self.sensors if s.type in CAMERA_TYPES]
-        texture = build_texture(self.track, float(texture_resolution)) if cameras else None
-        self._cameras = [Camera(s, texture, vehicle) for s in cameras]
+        self.npc_vehicles = int(npc_vehicles)
+        self.world_seeds = tuple(range(int(seed), int(seed) + int(circuits)))
+        self._track_params = track
+        self._texture_resolution = float(texture_resolution)
+        self._circuits = {}  # type: Dict[int, Tuple[Any, ...]]
         self._report_collisions = any(s.type == COLLISION for s in self.sensors)
         self._report_invasions = any(s.type == LANE_INVASION for s in self.sensors)
-        self.traffic = Traffic(self.track, int(npc_vehicles))
-        self._tracker = RouteTracker(self.track.route)
+        self._use_circuit(self.world_seeds[0])
         self._spec = WorldSpec(tuple(observation_fields(self.sensors)), MEASUREMENT_SPEC,
                                VEHICLE_CONTROL_SPEC, tick_seconds)
         self._rng = np.random.RandomState(_seed_words(self.seed, 0x65706973))
@@ -111,10 +117,32 @@ class BuiltinWorld(WorldBackend):
         self._route_distance = 0.0
         self._wheel_offsets = ()  # type: Tuple[float, ...]
 
+    def _use_circuit(self, world_seed: int) -> None:
+        """Makes ``world_seed``'s circuit current: its track, ground texture, NPCs and tracker.
+
+        Raises:
+            SpecError: more NPCs than the circuit has room for.
+        """
+        if world_seed not in self._circuits:
+            track = cached_track(world_seed, self._track_params)
+            cameras = [s for s in self.sensors if s.type in CAMERA_TYPES]
+            texture = build_texture(track, self._texture_resolution) if cameras else None
+            self._circuits[world_seed] = (track, [Camera(s, texture, self.vehicle) for s in cameras],
+                                          Traffic(track, self.npc_vehicles), RouteTracker(track.route))
+        self.seed = world_seed
+        self.track, self._cameras, self.traffic, self._tracker = self._circuits[world_seed]
+
     # -- WorldBackend ----------------------------------------------------------------------------
 
     def spec(self) -> WorldSpec:
         return self._spec
+
+    def settings(self) -> Dict[str, Any]:
+        """``python -m carla_client`` rebuilds this world from these (vehicle and track parameters
+        are the defaults there)."""
+        return {"seed": self.seed, "tick_seconds": self.tick_seconds,
+                "npc_vehicles": self.traffic.count,
+                "sensors": [sensor.to_dict() for sensor in self.sensors]}
 
     def stop(self) -> None:
         self._state = None  # the next session starts with a reset
@@ -133,6 +161,14 @@ class BuiltinWorld(WorldBackend):
                 unknown, sorted(RESET_OPTIONS)))
         if seed is not None:
             self._rng = np.random.RandomState(_seed_words(seed, 0x65706973))
+        if "world_seed" in options:
+            world_seed = options["world_seed"]
+            if world_seed not in self.world_seeds or isinstance(world_seed, bool):
+                raise SpecError("world_seed {!r} is not served here; this world's seeds are {}".format(
+                    world_seed, list(self.world_seeds)))
+            self._use_circuit(int(world_seed))
+        elif len(self.world_seeds) > 1:
+            self._use_circuit(self.world_seeds[self._rng.randint(len(self.world_seeds))])
         route = self.track.route
         try:
             distance = float(options.get("start_distance", 0.0))
@@ -221,7 +257,7 @@ class BuiltinWorld(WorldBackend):
         return copy.deepcopy(_Snapshot(
             self._state, self._previous, self._events, self._frame, self._route_distance,
             self._wheel_offsets, self._tracker.last, self._rng.get_state(),
-            self.traffic.get_state()))
+            self.traffic.get_state(), self.seed))
 
     def restore(self, state: "_Snapshot") -> Tick:
         """Restores a ``snapshot`` (which stays valid) and returns the tick of that moment.
@@ -232,6 +268,7 @@ class BuiltinWorld(WorldBackend):
         if not isinstance(state, _Snapshot):
             raise SnapshotError("not a snapshot of the built-in world: {!r}".format(type(state)))
         saved = copy.deepcopy(state)  # later steps must not change the stored snapshot
+        self._use_circuit(saved.world_seed)
         self._state, self._previous, self._events = saved.ego, saved.previous, saved.events
         self._frame, self._route_distance = saved.frame, saved.route_distance
         self._wheel_offsets, self._tracker.last = saved.wheel_offsets, saved.projection
@@ -272,7 +309,7 @@ class BuiltinWorld(WorldBackend):
                     dvx = moved.vx - npc_v * math.cos(yaw[i])
                     dvy = moved.vy - npc_v * math.sin(yaw[i])
                     self.traffic.hold(int(i))
-                    return "vehicle", self.vehicle.mass * math.hypot(dvx, dvy)
+                    return "vehicle", self.vehicle.mass * _norm(dvx, dvy)
         return None
 
     def _stop_npcs_touching(self, state: VehicleState) -> None:
@@ -293,6 +330,18 @@ class BuiltinWorld(WorldBackend):
             lanes.append((1, self.track.left_distance(projection.index)))
         return lanes
 
+    def _lead(self, state: VehicleState, projection: Projection) -> Tuple[float, float]:
+        """The vehicle ahead in the ego's lane, exactly (see Traffic.lead): the lane is the one under
+        the ego's centre, "ahead" its direction of travel along that lane."""
+        heading_error = wrap_angle(state.yaw - projection.heading)
+        along_route = math.cos(heading_error) >= 0.0
+        ego_speed = math.hypot(state.vx, state.vy) * abs(math.cos(heading_error))
+        if projection.lateral >= -self._half_lane:  # the ego's own lane, the route's direction
+            return self.traffic.lead(0, projection.distance, along_route, ego_speed,
+                                     self.vehicle.length, LEAD_RANGE)
+        return self.traffic.lead(1, self.track.left_distance(projection.index), not along_route,
+                                 ego_speed, self.vehicle.length, LEAD_RANGE)
+
     # -- output ----------------------------------------------------------------------------------
 
     def _tick(self, previous: VehicleState, state: VehicleState, projection: Projection,
@@ -303,7 +352,7 @@ class BuiltinWorld(WorldBackend):
             "location": np.array([state.x, state.y, 0.0]),
             "yaw": math.degrees(wrap_angle(state.yaw)),
             "velocity": np.array([state.vx, state.vy, 0.0]),
-            "speed": math.hypot(state.vx, state.vy),
+            "speed": _norm(state.vx, state.vy),
             "acceleration": np.array([(state.vx - previous.vx) / dt, (state.vy - previous.vy) / dt,
                                       0.0]),
             "lateral_offset": projection.lateral,
@@ -312,6 +361,8 @@ class BuiltinWorld(WorldBackend):
             "route_completion": self._route_distance / self.track.length,
             "off_road": abs(centre) > self.track.params.half_width,
         }
+        measurements["lead_distance"], measurements["lead_closing_speed"] = self._lead(
+            state, projection)
         observation = {}  # type: Dict[str, np.ndarray]
         if self._cameras:
             pose = (state.x, state.y, state.yaw)
@@ -334,6 +385,13 @@ class _Snapshot(NamedTuple):
     projection: Projection
     rng: Tuple[Any, ...]
     traffic: Dict[str, Any]
+    world_seed: int  # the circuit driven (a world may serve several)
+
+
+def _norm(x: float, y: float) -> float:
+    """sqrt(x^2 + y^2), bit for bit the same under every Python: math.hypot's algorithm changed in
+    3.8, which made the same episode differ in the last bit between a 3.6 and a 3.11 world."""
+    return math.sqrt(x * x + y * y)
 
 
 def wrap_angle_distance(delta: float, length: float) -> float:

@@ -308,6 +308,64 @@ def test_npcs_keep_their_distance_from_a_car_stopped_in_their_lane():
     assert np.min(np.hypot(x - ego[0], y - ego[1])) > 5.0
 
 
+# -- the vehicle ahead, and several circuits -----------------------------------------------------
+
+def test_lead_vehicle_is_the_nearest_npc_ahead_in_the_lane():
+    world = BuiltinWorld(sensors=STATE_ONLY, seed=1, npc_vehicles=2)  # NPC 0: our lane, 1: the other
+    tick = world.reset(seed=4, options={"start_distance": 100.0})
+    traffic = world.traffic
+    traffic.sigma[0] = 120.0  # put the lane's NPC 20 m (centre to centre) ahead of the ego
+    traffic.sigma[1] = world.track.left_distance(world._tracker.last.index) - 10.0  # beside, other lane
+    traffic._update_poses()
+    tick = world.step(VehicleControl(throttle=1.0))
+    m, npc_speed = tick.measurements, float(traffic.speed[0])
+    ego_speed = m["speed"] * math.cos(m["heading_error"])
+    gap = float(traffic.sigma[0]) - (100.0 + m["route_distance"])
+    assert m["lead_distance"] == pytest.approx(gap - world.vehicle.length, abs=1e-6)
+    assert 15.0 - 1.0 < m["lead_distance"] < 15.5 + 1.0
+    assert m["lead_closing_speed"] == pytest.approx(ego_speed - npc_speed, abs=1e-6)
+    assert npc_speed > 0.0
+    traffic.sigma[0] = 100.0 + m["route_distance"] + 80.0  # beyond the 50 m range
+    traffic._update_poses()
+    m = world.step(VehicleControl()).measurements
+    assert (m["lead_distance"], m["lead_closing_speed"]) == (50.0, 0.0)
+    for field in MEASUREMENT_SPEC:
+        field.validate(m[field.name])
+
+
+def test_lead_vehicle_against_the_lane_and_without_traffic():
+    world = BuiltinWorld(sensors=STATE_ONLY, seed=1, npc_vehicles=2)
+    world.reset(seed=0)
+    traffic = world.traffic
+    traffic.sigma[1], traffic.speed[1] = 200.0, 6.0
+    # in the other lane, driving along the route (against that lane's order), the NPC comes at us
+    distance, closing = traffic.lead(1, 230.0, False, 8.0, 4.6, 50.0)
+    assert distance == pytest.approx(30.0 - 4.6) and closing == pytest.approx(8.0 + 6.0)
+    assert traffic.lead(1, 170.0, False, 8.0, 4.6, 50.0) == (50.0, 0.0)  # it is behind us
+    alone = BuiltinWorld(sensors=STATE_ONLY, seed=1).reset(seed=0).measurements
+    assert (alone["lead_distance"], alone["lead_closing_speed"]) == (50.0, 0.0)
+
+
+def test_several_circuits_drawn_per_reset_or_named():
+    world = BuiltinWorld(sensors=STATE_ONLY, seed=10, circuits=3, npc_vehicles=2)
+    assert world.world_seeds == (10, 11, 12)
+    seen = set()
+    for seed in range(12):
+        world.reset(seed=seed)
+        seen.add((world.seed, round(world.track.length, 3)))
+    assert {s for s, _ in seen} == {10, 11, 12} and len(seen) == 3
+    first = fingerprint(world.reset(seed=5))
+    circuit = world.seed
+    world.reset(seed=6)
+    assert fingerprint(world.reset(seed=5)) == first and world.seed == circuit  # reproducible
+    world.reset(seed=0, options={"world_seed": 12})
+    assert world.seed == 12 and world.track.length == Track(12).length
+    with pytest.raises(SpecError, match="world_seed 13 is not served"):
+        world.reset(seed=0, options={"world_seed": 13})
+    with pytest.raises(SpecError):
+        BuiltinWorld(sensors=STATE_ONLY, circuits=0)
+
+
 # -- cameras -------------------------------------------------------------------------------------
 
 def test_chase_camera_sees_sky_above_and_road_in_the_lower_middle():
@@ -399,7 +457,7 @@ def test_out_of_range_controls_are_clipped_not_fatal():
 # -- through the real bridge: the shared compliance suite ---------------------------------------
 
 try:
-    from tests.compliance import WorldServerCompliance
+    from carla_client.compliance import WorldServerCompliance
 except ImportError:  # pragma: no cover - the suite lives next to this file in the repository
     WorldServerCompliance = None
 

@@ -1,0 +1,167 @@
+"""Length-prefixed messages over TCP, as every CARLA 0.8.4 port speaks them.
+
+Each message is a little-endian uint32 length, then that many bytes; a zero-length message is legal
+(it ends a frame on the stream port). Every read and write has a deadline; a peer that closes the
+connection is a LegacyConnectionError and a message longer than ``max_message`` a
+LegacyProtocolError, so memory stays bounded whatever the peer sends.
+"""
+import select
+import socket
+import struct
+import time
+from typing import List, Optional, Sequence
+
+from carla_client.carla084.errors import (LegacyConnectionError, LegacyProtocolError,
+                                          LegacyTimeoutError)
+
+_LENGTH = struct.Struct("<L")
+#: largest message accepted: a 4K BGRA camera frame (3840 x 2160 x 4 bytes) plus headers, rounded up.
+MAX_MESSAGE = 40 << 20
+_CHUNK = 1 << 20
+
+
+class FramedSocket(object):
+    """One TCP connection carrying length-prefixed messages.
+
+    Args:
+        sock: a connected socket (this object owns it).
+        name: how errors name the peer, e.g. "127.0.0.1:2001 (stream)".
+        max_message: the longest message accepted.
+    """
+
+    def __init__(self, sock: socket.socket, name: str, max_message: int = MAX_MESSAGE) -> None:
+        self._sock = sock  # type: Optional[socket.socket]
+        self.name = name
+        self.max_message = max_message
+        self._buffer = bytearray()
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small control messages
+
+    @classmethod
+    def connect(cls, host: str, port: int, name: str, timeout: float, attempts: int = 1,
+                retry_delay: float = 0.2) -> "FramedSocket":
+        """Connects, retrying refused connections ``attempts`` times (0.8.4 ports open late).
+
+        Raises:
+            LegacyConnectionError: still refused after the last attempt.
+        """
+        label = "{}:{} ({})".format(host, port, name)
+        error = None  # type: Optional[Exception]
+        for attempt in range(max(1, attempts)):
+            if attempt:
+                time.sleep(retry_delay)
+            try:
+                return cls(socket.create_connection((host, port), timeout=timeout), label)
+            except OSError as e:
+                error = e
+        raise LegacyConnectionError("cannot connect to {} after {} attempt(s): {}".format(
+            label, max(1, attempts), error)) from error
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def fileno(self) -> int:
+        return self._live().fileno()
+
+    def _live(self) -> socket.socket:
+        if self._sock is None:
+            raise LegacyConnectionError("{}: connection already closed".format(self.name))
+        return self._sock
+
+    def send(self, payload: bytes, timeout: float) -> None:
+        """Writes one message.
+
+        Raises:
+            LegacyTimeoutError: the peer did not read for ``timeout`` seconds.
+            LegacyConnectionError: the connection is closed or broken.
+        """
+        self.send_many([payload], timeout)
+
+    def send_many(self, payloads: Sequence[bytes], timeout: float) -> None:
+        """Writes several messages with one system call (a stream frame: measurements, sensors, b"").
+
+        Raises:
+            as send().
+        """
+        sock = self._live()
+        parts = []  # type: List[bytes]
+        for payload in payloads:
+            parts += (_LENGTH.pack(len(payload)), payload)
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(b"".join(parts))
+        except socket.timeout as e:
+            raise LegacyTimeoutError("{}: could not write for {:g} s: the peer stopped reading"
+                                     .format(self.name, timeout)) from e
+        except OSError as e:
+            raise LegacyConnectionError("{}: write failed: {}".format(self.name, e)) from e
+
+    def recv(self, timeout: float) -> bytes:
+        """Reads one message (b"" for a zero-length one).
+
+        Raises:
+            LegacyTimeoutError: no complete message within ``timeout`` seconds.
+            LegacyConnectionError: the peer closed the connection.
+            LegacyProtocolError: a length beyond ``max_message``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._take()
+            if message is not None:
+                return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LegacyTimeoutError("{}: no message within {:g} s".format(self.name, timeout))
+            self._fill(remaining)
+
+    def poll(self) -> Optional[bytes]:
+        """A message if one has fully arrived, else None; never blocks."""
+        message = self._take()
+        if message is None:
+            self._fill(0.0)
+            message = self._take()
+        return message
+
+    def _take(self) -> Optional[bytes]:
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        length = _LENGTH.unpack_from(buffer)[0]
+        if length > self.max_message:
+            self.close()
+            raise LegacyProtocolError("{}: message of {} bytes exceeds the limit of {}".format(
+                self.name, length, self.max_message))
+        if len(buffer) < 4 + length:
+            return None
+        message = bytes(buffer[4:4 + length])
+        del buffer[:4 + length]
+        return message
+
+    def _fill(self, timeout: float) -> None:
+        sock = self._live()
+        try:
+            ready, _, _ = select.select([sock], [], [], max(0.0, timeout))
+            if not ready:
+                return
+            chunk = sock.recv(_CHUNK)
+        except OSError as e:
+            raise LegacyConnectionError("{}: read failed: {}".format(self.name, e)) from e
+        if not chunk:
+            raise LegacyConnectionError("{}: connection closed by the peer".format(self.name))
+        self._buffer += chunk
+
+    def close(self) -> None:
+        """Closes the connection. Idempotent."""
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._buffer = bytearray()
+
+    def __enter__(self) -> "FramedSocket":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,5 @@
+"""``carla.tcp`` double: the exception the PythonClient raises for every network failure."""
+
+
+class TCPConnectionError(Exception):
+    pass
