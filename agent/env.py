@@ -18,7 +18,7 @@ from agent.observation import LEAD_MEASUREMENTS, StateEncoder, find_camera, to_r
 from agent.reward import TERMS, RewardConfig, compute_reward, count_events
 from bridge.client import BridgeClient
 from bridge.errors import (EPISODE_ENDING_REMOTE_ERRORS, BridgeTimeoutError, PeerDisconnectedError,
-                           RemoteError, SessionError, SnapshotError, SpecError)
+                           RemoteError, SessionBusyError, SessionError, SnapshotError, SpecError)
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,15 @@ log = logging.getLogger(__name__)
 CLIENT_PLUGINS = {"inprocess": "agent.inprocess:make_client"}
 
 
-def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True) -> Any:
+def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True,
+                curve: str | None = None) -> Any:
     """A BridgeClient for tcp:// and ipc:// endpoints; the plug-in's client for CLIENT_PLUGINS' schemes."""
     plugin = CLIENT_PLUGINS.get(endpoint.partition("://")[0])
     if plugin is not None:
         module, _, function = plugin.partition(":")
         return getattr(importlib.import_module(module), function)(endpoint, timeout=timeout,
                                                                    use_shm=use_shm)
-    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm)
+    return BridgeClient(endpoint=endpoint, timeout=timeout, use_shm=use_shm, curve=curve)
 
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
@@ -123,7 +124,8 @@ class CarlaBridgeEnv(gym.Env):
         terminate_on_collision / terminate_on_off_road: episode ends on these.
         reward: RewardConfig or mapping of its fields (weights, target speed...).
         reconnect: on a timeout, disconnect or lost session during a step, connect again (new hello)
-            and end the episode as truncated with ``info["bridge_reconnected"] = True``.
+            and end the episode as truncated with ``info["bridge_reconnected"] = True``. Never when
+            another trainer owns the sim side: that raises SessionBusyError at once.
         reconnect_timeout: seconds to keep trying to reconnect before giving up.
         reset_options: options passed to the sim's reset.
         lead_vehicle: add the vehicle-ahead features to ``vehicle_state`` (the sim must announce the
@@ -131,6 +133,8 @@ class CarlaBridgeEnv(gym.Env):
         render_mode: None or ``"rgb_array"`` (the last frame of the sim's first colour camera, at
             its resolution, whether or not the policy sees a camera).
         client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
+        curve: a CurveZMQ key directory (``python -m bridge.keys DIR``) for a sim side started with
+            ``--curve``: its ``server.key`` and ``client.key_secret`` are used.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -145,7 +149,7 @@ class CarlaBridgeEnv(gym.Env):
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
                  reset_options: dict[str, Any] | None = None, lead_vehicle: bool = False,
                  render_mode: str | None = None,
-                 client_factory: Callable[[], Any] | None = None) -> None:
+                 client_factory: Callable[[], Any] | None = None, curve: str | None = None) -> None:
         if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
         if out_of_range not in ("clip", "raise"):
@@ -170,7 +174,7 @@ class CarlaBridgeEnv(gym.Env):
         self.reset_options = dict(reset_options or {})
         self.render_mode = render_mode
         self._client_factory = client_factory or (
-            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm))
+            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm, curve=curve))
         self._client: Any = None
         self._closed = False
 
@@ -214,6 +218,13 @@ class CarlaBridgeEnv(gym.Env):
         self._client = self._client_factory()
         try:
             return self._client.hello()
+        except SessionBusyError as e:  # two trainers on one sim side: a configuration problem
+            self._client.close()
+            self._client = None
+            raise SessionBusyError(
+                f"another trainer is using {self.endpoint}: stop it, or give this trainer its own "
+                f"carla_client (another --bind port, and env.endpoint here). The sim side said: {e}"
+            ) from e
         except BaseException:
             self._client.close()
             self._client = None
@@ -240,6 +251,8 @@ class CarlaBridgeEnv(gym.Env):
         while True:
             try:
                 info = self._connect()
+            except SessionBusyError:
+                raise  # reconnecting again would only fight the other trainer for the sim side
             except (ConnectionError, *RECONNECTABLE) as e:
                 if time.monotonic() >= deadline or cancelled.is_set():
                     raise e from cause

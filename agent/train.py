@@ -24,7 +24,7 @@ from stable_baselines3.common.utils import get_device
 
 from agent.callbacks import (BridgeStatsCallback, DrivingMetricsCallback, ProgressLogCallback,
                              StatusFileCallback, TimeLimitCallback)
-from agent.config import load_config, save_config
+from agent.config import check_config, load_config, save_config
 from agent.policy import DrivingExtractor
 from agent.status import status_path
 from agent.vec import make_vec_env
@@ -244,13 +244,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    try:
+        prepared = prepare(args)
+    except (ValueError, OSError) as e:  # a configuration mistake: one line, nothing written
+        print(f"python -m agent.train: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return train(*prepared)
+    except FileExistsError as e:  # e.g. record: names a dataset that exists already
+        log.error("%s", e)
+        return 2
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path | None]:
+    """The checked config, run directory and checkpoint to resume.
+
+    Raises:
+        ValueError: unknown or ill-typed keys, bad YAML, a bad endpoint, a missing ``--resume``.
+        OSError: an unreadable file.
+    """
     resume = args.resume
     if resume is not None:
         if resume.is_dir():  # a run directory: take its latest checkpoint
             resume = latest_checkpoint(resume) or resume / "model.zip"
         if not resume.is_file():
-            log.error("--resume %s: no such checkpoint", args.resume)
-            return 2
+            raise ValueError(f"--resume {args.resume}: no such checkpoint or run directory")
         run_dir = run_dir_of_checkpoint(resume)
         config_path = args.config or (run_dir / "config.yaml" if (run_dir / "config.yaml").is_file()
                                       else None)
@@ -262,12 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(config.get("runs_dir", "runs")) / name
     if isinstance(config.get("endpoints"), str):
         config["endpoints"] = [e.strip() for e in config["endpoints"].split(",") if e.strip()]
+    check_config(config)
     log.info("run directory %s", run_dir)
-    try:
-        return train(config, run_dir, resume)
-    except FileExistsError as e:  # e.g. record: names a dataset that exists already
-        log.error("%s", e)
-        return 2
+    return config, run_dir, resume
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from agent.env import RECONNECTABLE, CarlaBridgeEnv
-from bridge.errors import EPISODE_ENDING_REMOTE_ERRORS
+from bridge.errors import EPISODE_ENDING_REMOTE_ERRORS, SessionBusyError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class _Recovery:
                     env._reconnect(cause, cancelled)
                     result = env.reset()
                     break
+                except SessionBusyError:
+                    raise  # another trainer took the sim: a configuration problem, never retried
                 except RECONNECTABLE as e:  # back, then gone again before the reset answered
                     if time.monotonic() >= deadline or cancelled.is_set():
                         raise

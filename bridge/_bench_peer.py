@@ -4,8 +4,8 @@ Started by ``python -m bridge.bench`` as ``<python> -m bridge._bench_peer --cont
 interpreter that can import ``bridge``, e.g. the Python 3.6 sim venv). It connects a PAIR socket to
 the benchmark's control endpoint, announces itself, then obeys control messages (msgpack maps):
 
-* ``{"cmd": "serve", "kind": "raw" | "bridge", "payload": NAME}``: answers ``{"ok": True,
-  "endpoint": ...}``, serves one measurement on that endpoint, then sends ``{"done": True, ...}``.
+* ``{"cmd": "serve", "kind": "raw" | "bridge" | "bridge-curve", "payload": NAME, "curve": DIR}``:
+  answers ``{"ok": True, "endpoint": ...}``, serves one measurement on that endpoint, then sends ``{"done": True, ...}``.
   A raw measurement ends when the client sends ``STOP_ACTION``; a bridge one when the client's
   ``close`` ends the session (or the session times out).
 * ``{"cmd": "exit"}``: closes everything and exits.
@@ -168,9 +168,9 @@ class RawPeer(object):
 class BridgePeer(object):
     """A real BridgeServer serving a FixedWorld for one payload."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, curve: Optional[str] = None) -> None:
         self.world = FixedWorld(name)
-        self.server = BridgeServer(self.world, bind="tcp://127.0.0.1:*")
+        self.server = BridgeServer(self.world, bind="tcp://127.0.0.1:*", curve=curve)
         self.endpoint = self.server.endpoint
 
     def serve(self) -> int:
@@ -228,6 +228,8 @@ def run(control_endpoint: str, parent_pid: int) -> int:
                         peers[key] = RawPeer(context, key[1])
                     elif key[0] == "bridge":
                         peers[key] = BridgePeer(key[1])
+                    elif key[0] == "bridge-curve":
+                        peers[key] = BridgePeer(key[1], curve=str(command.get("curve")))
                     else:
                         raise ValueError("unknown kind {!r}".format(key[0]))
                 peer = peers[key]

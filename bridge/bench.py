@@ -20,8 +20,10 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +34,7 @@ import zmq
 from bridge._bench_peer import (ACTION_FIELDS, DEFAULT_PAYLOADS, STOP_ACTION, build_array,
                                 payload_shape)
 from bridge.client import BridgeClient
+from bridge.keys import create_keys
 
 #: the action sent every step by both clients (three floats within the action spec's bounds).
 ACTION = {"throttle": 0.5, "steer": -0.125, "brake": 0.0}
@@ -43,6 +46,8 @@ TCP = ("tcp", "bridge", False, False)
 SHM = ("shm", "bridge", True, False)
 TCP_COPY = ("tcp+copy", "bridge", False, True)
 SHM_COPY = ("shm+copy", "bridge", True, True)
+#: the bridge over TCP with CurveZMQ on both ends (``--curve``): what authentication and encryption cost.
+TCP_CURVE = ("tcp+curve", "bridge-curve", False, False)
 
 #: goals: bridge median <= this times raw pyzmq; 1280x720x4 over shm <= SHM_GOAL times raw TCP.
 RATIO_GOAL = 1.25
@@ -103,10 +108,10 @@ class PeerProcess(object):
                 raise PeerError("the serving process ({}) did not answer within {:.0f} s".format(
                     self.python, self.timeout))
 
-    def serve(self, kind: str, payload: str) -> str:
+    def serve(self, kind: str, payload: str, curve: Optional[str] = None) -> str:
         """Asks the peer to serve one measurement; returns the endpoint to connect to."""
-        self.control.send(msgpack.packb({"cmd": "serve", "kind": kind, "payload": payload},
-                                        use_bin_type=True))
+        self.control.send(msgpack.packb({"cmd": "serve", "kind": kind, "payload": payload,
+                                         "curve": curve}, use_bin_type=True))
         answer = self.receive()
         if not answer.get("ok"):
             raise PeerError("the serving process cannot serve {} {}: {}".format(
@@ -190,9 +195,11 @@ def measure_raw(endpoint: str, payload: str, steps: int, warmup: int, timeout: f
 
 
 def measure_bridge(endpoint: str, payload: str, steps: int, warmup: int, timeout: float,
-                   use_shm: bool, copy_arrays: bool) -> Tuple[List[float], float, bool]:
+                   use_shm: bool, copy_arrays: bool, curve: Optional[str] = None
+                   ) -> Tuple[List[float], float, bool]:
     """BridgeClient.step() round trips; returns (per-step seconds, wall seconds, shm negotiated)."""
-    client = BridgeClient(endpoint, timeout=timeout, use_shm=use_shm, copy_arrays=copy_arrays)
+    client = BridgeClient(endpoint, timeout=timeout, use_shm=use_shm, copy_arrays=copy_arrays,
+                          curve=curve)
     expected = build_array(payload)
     samples = []  # type: List[float]
     clock = time.perf_counter
@@ -243,9 +250,14 @@ class Series(object):
 
 
 def run(peer: PeerProcess, payloads: Sequence[str], steps: int, warmup: int, repeats: int,
-        copy_variant: bool, timeout: float, progress: bool) -> List[Dict[str, Any]]:
-    """Runs every measurement, rounds outermost; returns the records described in the module doc."""
-    variants = [RAW, TCP, SHM] + ([TCP_COPY, SHM_COPY] if copy_variant else [])
+        copy_variant: bool, timeout: float, progress: bool, curve: Optional[str] = None
+        ) -> List[Dict[str, Any]]:
+    """Runs every measurement, rounds outermost; returns the records described in the module doc.
+
+    With ``curve`` (a key directory), the bridge over TCP is also measured with CurveZMQ on.
+    """
+    variants = ([RAW, TCP, SHM] + ([TCP_COPY, SHM_COPY] if copy_variant else [])
+                + ([TCP_CURVE] if curve else []))
     series = {(p, v[0]): Series() for p in payloads for v in variants}
     for round_index in range(repeats):
         for payload in payloads:
@@ -253,13 +265,14 @@ def run(peer: PeerProcess, payloads: Sequence[str], steps: int, warmup: int, rep
             for name, kind, use_shm, copy_arrays in variants[shift:] + variants[:shift]:
                 if copy_arrays and payload_shape(payload) is None:
                     continue  # nothing to copy
-                endpoint = peer.serve(kind, payload)
+                keys = curve if kind == "bridge-curve" else None
+                endpoint = peer.serve(kind, payload, keys)
                 gc.collect()
                 if kind == "raw":
                     result = measure_raw(endpoint, payload, steps, warmup, timeout)
                 else:
                     result = measure_bridge(endpoint, payload, steps, warmup, timeout,
-                                            use_shm, copy_arrays)
+                                            use_shm, copy_arrays, keys)
                 peer.wait_done()  # (after a failure the peer is just stopped by close())
                 series[(payload, name)].add(*result)
                 if progress:
@@ -285,6 +298,11 @@ def run(peer: PeerProcess, payloads: Sequence[str], steps: int, warmup: int, rep
             if copy is not None and copy.round_medians:
                 record["copy_median_us"] = round(copy.median_us, 1)
                 record["copy_ratio"] = round(copy.median_us / raw.median_us, 3)
+            secured = series.get((payload, path + "+curve"))
+            if secured is not None and secured.round_medians:
+                record["curve_median_us"] = round(secured.median_us, 1)
+                record["curve_p99_us"] = round(secured.p99_us, 1)
+                record["curve_vs_tcp"] = round(secured.median_us / s.median_us, 3)
             records.append(record)
     return records
 
@@ -323,6 +341,14 @@ def format_table(records: Sequence[Dict[str, Any]]) -> str:
         lines.append("")
         lines.append("\\* shared memory not negotiated: no observation array reaches the server's "
                      "shm_limit (64 KiB), so the row takes the same path as tcp.")
+    secured = [r for r in records if "curve_median_us" in r]
+    if secured:
+        lines += ["", "| payload | tcp median | tcp + CurveZMQ median | p99 | CURVE cost |",
+                  "|---|---|---|---|---|"]
+        for r in secured:
+            lines.append("| {} | {:.0f} us | {:.0f} us | {:.0f} us | {:+.0f} us ({:.2f}x) |".format(
+                r["payload"], r["median_us"], r["curve_median_us"], r["curve_p99_us"],
+                r["curve_median_us"] - r["median_us"], r["curve_vs_tcp"]))
     return "\n".join(lines)
 
 
@@ -347,6 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="per-reply timeout for both clients and the control channel "
                              "(default: 30)")
+    parser.add_argument("--curve", action="store_true",
+                        help="also measure the bridge over TCP with CurveZMQ (keys made for the run)")
     parser.add_argument("--json", action="store_true",
                         help="print the records as a JSON list instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -361,16 +389,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--steps and --repeats must be at least 1")
     warmup = args.warmup if args.warmup is not None else max(20, args.steps // 10)
 
+    key_dir = tempfile.mkdtemp(prefix="czb-bench-keys-") if args.curve else None
     try:
+        if key_dir is not None:
+            create_keys(os.path.join(key_dir, "keys"))
         peer = PeerProcess(args.peer_python, args.timeout)
         try:
             records = run(peer, payloads, args.steps, warmup, args.repeats, args.copy_variant,
-                          args.timeout, not args.quiet)
+                          args.timeout, not args.quiet,
+                          os.path.join(key_dir, "keys") if key_dir else None)
         finally:
             peer.close()
     except PeerError as e:
         print("bridge.bench: {}".format(e), file=sys.stderr)
         return 1
+    finally:
+        if key_dir is not None:
+            shutil.rmtree(key_dir, ignore_errors=True)
     client, server = _versions(), peer.info
     for r in records:
         r["client_python"], r["peer_python"] = client["python"], server["python"]

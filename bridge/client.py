@@ -10,6 +10,8 @@ when the timeout expires. A background thread sends heartbeats so the server can
 is busy (a PPO update) from one that is dead.
 """
 import logging
+import os
+import secrets
 import threading
 import time
 import warnings
@@ -25,6 +27,7 @@ from bridge.protocol import PROTOCOL_VERSION
 from bridge.errors import (BridgeError, BridgeTimeoutError, PeerDisconnectedError, ProtocolError,
                            SessionError, SnapshotUnsupportedError, StepBudgetError,
                            VersionMismatchError, remote_error)
+from bridge.keys import ClientKeys, CurveError, apply_client_keys, load_client_keys
 from bridge.shm import ShmReader, shm_available
 from bridge.spec import Tick, WorldSpec
 from bridge.transport import (ConnectionMonitor, is_same_host, make_socket, parse_tcp_endpoint,
@@ -105,16 +108,21 @@ class RoundTripStats(object):
 class _Heartbeat(threading.Thread):
     """Sends ``heartbeat`` for the current session every ``interval`` seconds on its own socket."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, session: str, interval: float) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, session: str, interval: float,
+                 identity: bytes, keys: Optional[ClientKeys]) -> None:
         super().__init__(name="bridge-heartbeat", daemon=True)  # daemon: never keeps a dead trainer up
         self._context, self._endpoint, self._session = context, endpoint, session
         self._interval = interval
+        self._identity = identity
+        self._keys = keys
         self.stopped = threading.Event()
 
     def run(self) -> None:
         sock = make_socket(self._context, zmq.DEALER, endpoint=self._endpoint)
         try:
-            sock.connect(self._endpoint)
+            apply_client_keys(sock, self._keys)
+            sock.setsockopt(zmq.ROUTING_ID, self._identity)  # announced in hello: the server's
+            sock.connect(self._endpoint)                    # only accepted heartbeat source
             encoder = Encoder()
             message = encoder.encode({"seq": 0, "cmd": protocol.HEARTBEAT, "session": self._session})
             while not self.stopped.wait(self._interval):
@@ -124,6 +132,11 @@ class _Heartbeat(threading.Thread):
                     pass  # not connected right now: the server will notice the silence
         finally:
             sock.close(linger=0)
+
+
+def _new_identity() -> bytes:
+    """A random ZeroMQ routing identity (a leading zero byte is reserved by libzmq)."""
+    return b"czb" + secrets.token_bytes(13)
 
 
 class BridgeClient(object):
@@ -139,9 +152,15 @@ class BridgeClient(object):
         heartbeat_seconds: heartbeat interval; 0 disables heartbeats (the server then uses its own
             idle timeout).
         max_message_bytes: the largest reply accepted.
+        client_name: shown in the sim side's log.
         adapt_timeout: when the sim side announces a step budget (``hello``'s
             ``step_budget_seconds``) that ``timeout`` cannot cover with a margin, raise ``timeout``
             to fit; when False, refuse such a server with StepBudgetError instead.
+        curve: a key directory (bridge/keys.py): talk CurveZMQ with its client.key_secret, to the
+            server whose public key is its server.key.
+
+    Raises:
+        BridgeError: a malformed endpoint. CurveError: ``curve`` keys missing or unusable.
     """
 
     def __init__(self, endpoint: str = protocol.DEFAULT_ENDPOINT,
@@ -150,7 +169,8 @@ class BridgeClient(object):
                  copy_arrays: bool = False,
                  heartbeat_seconds: float = protocol.DEFAULT_HEARTBEAT_SECONDS,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 client_name: str = "carla-zmq-bridge", adapt_timeout: bool = True) -> None:
+                 client_name: str = "carla-zmq-bridge", adapt_timeout: bool = True,
+                 curve: Optional[str] = None) -> None:
         if not endpoint.startswith("ipc://"):
             parse_tcp_endpoint(endpoint)
         self.endpoint = endpoint
@@ -165,8 +185,15 @@ class BridgeClient(object):
         self.client_name = client_name
         self.stats = RoundTripStats()
         self.info = None  # type: Optional[ServerInfo]
+        self.curve = curve
+        self._keys = load_client_keys(curve) if curve is not None else None
         self._context = zmq.Context()
         self._socket = make_socket(self._context, zmq.DEALER, max_message_bytes, endpoint)
+        apply_client_keys(self._socket, self._keys)
+        # Our own unguessable routing identities: the server binds the session to them, and a
+        # reconnect after a network hiccup keeps the same identity, hence the session.
+        self._socket.setsockopt(zmq.ROUTING_ID, _new_identity())
+        self._heartbeat_identity = _new_identity()
         self._monitor = ConnectionMonitor(self._socket)
         self._socket.connect(endpoint)
         self._encoder = Encoder()
@@ -186,6 +213,7 @@ class BridgeClient(object):
         Raises:
             VersionMismatchError: the server speaks another major protocol version.
             BridgeTimeoutError: no server answered within ``hello_timeout``.
+            SessionBusyError: another trainer's session is live on that server.
         """
         self._end_session_locally()
         body = {
@@ -193,6 +221,7 @@ class BridgeClient(object):
             "client": self.client_name,
             "shm": bool(self.use_shm and shm_available() and is_same_host(self.endpoint)),
             "heartbeat_seconds": self.heartbeat_seconds,
+            "heartbeat_id": self._heartbeat_identity if self.heartbeat_seconds > 0 else None,
         }
         reply = self._request(protocol.HELLO, body, self.hello_timeout)
         try:
@@ -226,7 +255,8 @@ class BridgeClient(object):
             info = info._replace(shm=self._attach_shm(reply["shm"]))
         if self.heartbeat_seconds > 0:
             self._heartbeat = _Heartbeat(self._context, self.endpoint, info.session,
-                                         self.heartbeat_seconds)
+                                         self.heartbeat_seconds, self._heartbeat_identity,
+                                         self._keys)
             self._heartbeat.start()
         self.info = info
         self._observation_layout = [(f.name, np.dtype(f.dtype), f.shape) for f in spec.observation]
@@ -525,20 +555,44 @@ class BridgeClient(object):
                                  None if reply is None else reply.get("seq"), seq)
                     continue
                 return reply
-            if self._monitor.poll_disconnected():
+            if self._monitor.poll_disconnected() and self._monitor.handshake_failure is None:
                 raise PeerDisconnectedError(
                     "the sim side at {} dropped the connection while we waited for the reply to {} "
                     "#{}: carla_client probably crashed or was killed; check its log, then restart "
                     "it".format(self.endpoint, command, seq))
+            if self._monitor.handshake_failure is not None:
+                raise self._handshake_error()
             if remaining <= 0:
                 raise BridgeTimeoutError(self._timeout_message(command, seq, pending.timeout))
             if not block:
                 return None
 
+    def _handshake_error(self) -> BridgeError:
+        event = self._monitor.handshake_failure
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = ("it refused our CURVE key: is {} among the client keys in the sim side's "
+                   "--curve directory?".format(os.path.join(self.curve or "", "client.key")))
+        elif self.curve is None:
+            why = ("it probably requires CurveZMQ (carla_client --curve DIR): pass curve=DIR "
+                   "(env.curve) with that directory's server.key and client.key_secret")
+        else:  # a refusal can look like this too when the connection closes before its ERROR
+            why = ("it refused our CURVE key (is {} among its client keys?), or it does not use "
+                   "CurveZMQ, or its server key is not {}".format(
+                       os.path.join(self.curve, "client.key"), os.path.join(self.curve, "server.key")))
+        return CurveError("the ZeroMQ handshake with {} failed: {}".format(self.endpoint, why))
+
     def _wait_writable(self, command: str, seq: int, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self._socket.poll(remaining * 1000, zmq.POLLOUT):
-            raise BridgeTimeoutError(self._timeout_message(command, seq, 0))
+        """Waits until the socket can send, in slices: a connection whose handshake failed (a CURVE
+        refusal ends it for good) leaves nothing to send to, which the monitor tells at once."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BridgeTimeoutError(self._timeout_message(command, seq, 0))
+            if self._socket.poll(min(remaining, _LIVENESS_SLICE_SECONDS) * 1000, zmq.POLLOUT):
+                return
+            self._monitor.poll_disconnected()
+            if self._monitor.handshake_failure is not None:
+                raise self._handshake_error()
 
     def _receive(self, seq: int) -> Optional[Dict[str, Any]]:
         """The next reply, or None for a stale one that cannot even be decoded any more."""

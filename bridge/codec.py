@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import msgpack
 import numpy as np
 
-from bridge.errors import MessageTooLargeError, ProtocolError
+from bridge.errors import MessageTooLargeError, ProtocolError, quote, truncate
 from bridge.protocol import DEFAULT_INLINE_LIMIT, DEFAULT_MAX_MESSAGE_BYTES
 
 EXT_FRAME = 1
@@ -47,11 +47,11 @@ def check_array_dtype(dtype: np.dtype) -> None:
 
 def _wire_dtype(text: Any) -> np.dtype:
     if not isinstance(text, str) or not _WIRE_DTYPE.match(text):
-        raise ProtocolError("bad array dtype on the wire: {!r}".format(text))
+        raise ProtocolError("bad array dtype on the wire: {}".format(quote(text)))
     try:
         dtype = np.dtype(text)
     except TypeError as e:
-        raise ProtocolError("bad array dtype on the wire: {!r}".format(text)) from e
+        raise ProtocolError("bad array dtype on the wire: {}".format(quote(text))) from e
     check_array_dtype(dtype)
     return dtype
 
@@ -59,7 +59,7 @@ def _wire_dtype(text: Any) -> np.dtype:
 def _wire_shape(shape: Any) -> tuple:
     if (not isinstance(shape, list) or len(shape) > MAX_NDIM
             or not all(isinstance(d, int) and 0 <= d < 2 ** 40 for d in shape)):
-        raise ProtocolError("bad array shape on the wire: {!r}".format(shape))
+        raise ProtocolError("bad array shape on the wire: {}".format(quote(shape)))
     return tuple(shape)
 
 
@@ -166,24 +166,28 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
         raise MessageTooLargeError("message of {} bytes exceeds the limit of {} bytes".format(
             total, max_message_bytes))
     used = set()
+    # msgpack 1.0.5 (the last release for Python 3.6) leaks about 640 bytes whenever ext_hook raises,
+    # so the hook never raises: it records the first problem, returns None, and decode raises after
+    # unpacking has finished.
+    problems = []  # type: List[ProtocolError]
 
-    def ext_hook(code: int, data: bytes) -> Any:
+    def array_from_ext(code: int, data: bytes) -> Any:
         fields = _unpack_small(data)
         if not isinstance(fields, list) or len(fields) != 3:
-            raise ProtocolError("malformed array descriptor: {!r}".format(fields))
+            raise ProtocolError("malformed array descriptor: {}".format(quote(fields)))
         dtype, shape = _wire_dtype(fields[0]), _wire_shape(fields[1])
         nbytes = _nbytes(dtype, shape)
         if code == EXT_INLINE:
             raw = fields[2]
             if not isinstance(raw, bytes) or len(raw) != nbytes:
-                raise ProtocolError("inline array: expected {} bytes for {}{}, got {!r:.40}".format(
-                    nbytes, dtype, shape, raw))
+                raise ProtocolError("inline array: expected {} bytes for {}{}, got {}".format(
+                    nbytes, dtype, shape, quote(raw, 40)))
             return np.frombuffer(raw, dtype=dtype).reshape(shape)
         if code == EXT_FRAME:
             index = fields[2]
             if not isinstance(index, int) or not 0 <= index < len(buffers) - 1:
-                raise ProtocolError("array refers to frame {!r} but the message has {} array "
-                                    "frame(s)".format(index, len(buffers) - 1))
+                raise ProtocolError("array refers to frame {} but the message has {} array "
+                                    "frame(s)".format(quote(index), len(buffers) - 1))
             if index in used:
                 raise ProtocolError("array frame {} referenced twice".format(index))
             used.add(index)
@@ -199,18 +203,31 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
                 raise ProtocolError("message refers to shared memory, which was not negotiated")
             offset = fields[2]
             if not isinstance(offset, int) or offset < 0:
-                raise ProtocolError("bad shared-memory offset {!r}".format(offset))
+                raise ProtocolError("bad shared-memory offset {}".format(quote(offset)))
             return shm_reader(dtype, shape, offset)
         raise ProtocolError("unknown msgpack extension type {}".format(code))
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if problems:
+            return None  # the message is rejected anyway: skip the work
+        try:
+            return array_from_ext(code, data)
+        except ProtocolError as e:
+            problems.append(e)
+        except Exception as e:  # numpy or a shm reader failing on hostile input
+            problems.append(ProtocolError("bad array: {}: {}".format(type(e).__name__, e)))
+        return None
 
     try:
         message = msgpack.unpackb(buffers[0], raw=False, use_list=True, strict_map_key=True,
                                   ext_hook=ext_hook)
-    except ProtocolError:
-        raise
     except Exception as e:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
+        if problems:
+            raise problems[0] from None
         raise ProtocolError("malformed message header ({} bytes): {}: {}".format(
-            buffers[0].nbytes, type(e).__name__, e)) from e
+            buffers[0].nbytes, type(e).__name__, truncate(str(e), 200))) from e
+    if problems:
+        raise problems[0]
     if len(used) != len(buffers) - 1:
         raise ProtocolError("message has {} array frame(s) but the header uses {}".format(
             len(buffers) - 1, len(used)))

@@ -3,7 +3,33 @@
 Errors double-inherit from the matching built-in (ValueError, TimeoutError, ConnectionError) so that
 callers who catch the built-in keep working, as msgpack and Gymnasium do.
 """
-from typing import Optional
+from typing import Any, Optional
+
+#: the longest quote of peer-supplied data an error message carries (error replies and log lines
+#: stay small whatever a peer sends: no amplification).
+QUOTE_CHARS = 200
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return "{}... ({} more characters)".format(text[:max(limit - 40, 0)], len(text) - limit + 40)
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """A bounded ``repr`` of a value a peer sent, for error messages.
+
+    Containers are summarised before repr() is called, so quoting a 20-million-element list costs
+    nothing (repr of the whole list would build a huge string first).
+    """
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > 16:
+        kind = type(value).__name__
+        head = list(value)[:8] if not isinstance(value, dict) else list(value.items())[:8]
+        return truncate("<{} of {} items, starting {!r}>".format(kind, len(value), head), limit)
+    if isinstance(value, (bytes, bytearray, memoryview, str)) and len(value) > limit:
+        return truncate(repr(value[:limit]), limit) + " ({} long)".format(len(value))
+    return truncate(repr(value), limit)
 
 
 class BridgeError(Exception):
@@ -59,6 +85,11 @@ class SessionError(BridgeError):
     """The request needs a session that does not exist (no hello yet, or another trainer took over)."""
 
 
+class SessionBusyError(SessionError):
+    """Another trainer owns the live session on that sim side: a configuration problem (two trainers
+    pointed at one carla_client), not something a reconnect can fix."""
+
+
 class ConfigError(ValueError, BridgeError):
     """A configuration file, option or ``key=value`` override is malformed or has a wrong value."""
 
@@ -105,6 +136,10 @@ class RemoteSessionError(RemoteError, SessionError):
     """The far side has no session for us: send hello again."""
 
 
+class RemoteSessionBusyError(RemoteError, SessionBusyError):
+    """The far side refused our hello: another trainer's session is live there."""
+
+
 class RemoteTimeoutError(RemoteError, BridgeTimeoutError):
     """The sim side ran out of its step budget (a CARLA tick or a sensor's data was late).
 
@@ -141,6 +176,7 @@ REMOTE_ERROR_CLASSES = {
     "MessageTooLargeError": RemoteProtocolError,
     "SpecError": RemoteSpecError,
     "SessionError": RemoteSessionError,
+    "SessionBusyError": RemoteSessionBusyError,
     "VersionMismatchError": RemoteVersionError,
     "BridgeTimeoutError": RemoteTimeoutError,
     "ActorLostError": RemoteActorLostError,

@@ -37,6 +37,14 @@ DEFAULT_MAX_SNAPSHOTS = 32
 
 #: largest message (all frames together) either side accepts, unless configured otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: largest request the sim side accepts (requests carry actions and options, never images); ZeroMQ
+#: drops a connection that sends a single frame of more than twice this.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: most frames a request may have (a header plus array frames); the rest of a longer one is discarded.
+MAX_REQUEST_FRAMES = 64
+#: error replies quote at most this much of a message and of a traceback (replies stay < 64 KiB).
+MAX_ERROR_MESSAGE_CHARS = 4 * 1024
+MAX_TRACEBACK_CHARS = 16 * 1024
 #: arrays at least this large travel in their own frame; smaller ones go inline in the msgpack header.
 #: Inline costs two extra copies plus the extension machinery, which measurably slows an 84x84x3
 #: camera (docs/benchmarks.md); frames under 64 KiB are still copied by ZeroMQ, larger ones are not.

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bridge.errors import SpecError
+from bridge.errors import SpecError, quote
 
 #: dtypes allowed in specs and on the wire: booleans, integers and floats only (never objects).
 ALLOWED_DTYPES = (
@@ -61,7 +61,7 @@ class FieldSpec(NamedTuple):
                 doc=str(data.get("doc", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise SpecError("malformed field spec {!r}: {}".format(data, e)) from e
+            raise SpecError("malformed field spec {}: {}".format(quote(data), e)) from e
         spec.check()
         return spec
 
@@ -84,7 +84,8 @@ class FieldSpec(NamedTuple):
         try:
             array = np.asarray(value)
         except (TypeError, ValueError) as e:
-            raise SpecError("field {!r}: cannot convert {!r}: {}".format(self.name, value, e)) from e
+            raise SpecError("field {!r}: cannot convert {}: {}".format(
+                self.name, quote(value), e)) from e
         if array.dtype.kind not in "biuf":
             raise SpecError("field {!r}: expected {} but got dtype {}".format(
                 self.name, self.dtype, array.dtype))
@@ -95,36 +96,40 @@ class FieldSpec(NamedTuple):
         wanted_kind = np.dtype(self.dtype).kind
         if wanted_kind == "b" and array.dtype.kind != "b" and not (
                 array.dtype.kind in "iu" and np.all((array == 0) | (array == 1))):
-            raise SpecError("field {!r}: expected a boolean but got {!r}".format(self.name, value))
+            raise SpecError("field {!r}: expected a boolean but got {}".format(
+                self.name, quote(value)))
         if wanted_kind in "iu" and array.dtype.kind == "f" and not np.all(array == np.round(array)):
-            raise SpecError("field {!r}: expected an integer but got {!r}".format(self.name, value))
+            raise SpecError("field {!r}: expected an integer but got {}".format(
+                self.name, quote(value)))
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise SpecError("field {!r}: contains NaN or infinity: {!r}".format(self.name, value))
+            raise SpecError("field {!r}: contains NaN or infinity: {}".format(
+                self.name, quote(value)))
         if array.size and self.low is not None and np.min(array) < self.low:
-            raise SpecError("field {!r}: {!r} is below its lower bound {}".format(
-                self.name, value, self.low))
+            raise SpecError("field {!r}: {} is below its lower bound {}".format(
+                self.name, quote(value), self.low))
         if array.size and self.high is not None and np.max(array) > self.high:
-            raise SpecError("field {!r}: {!r} is above its upper bound {}".format(
-                self.name, value, self.high))
+            raise SpecError("field {!r}: {} is above its upper bound {}".format(
+                self.name, quote(value), self.high))
         return array.astype(self.dtype, copy=False)
 
     def _validate_python_scalar(self, value: Any) -> np.ndarray:
         """The common case of an action field, checked in plain Python (numpy calls cost ~10x)."""
         if type(value) is float and not math.isfinite(value):
-            raise SpecError("field {!r}: contains NaN or infinity: {!r}".format(self.name, value))
+            raise SpecError("field {!r}: contains NaN or infinity: {}".format(
+                self.name, quote(value)))
         if type(value) is float and self.dtype not in _FLOAT_DTYPES:
             return self.validate(np.float64(value))  # let the general path explain the mismatch
         if self.low is not None and value < self.low:
-            raise SpecError("field {!r}: {!r} is below its lower bound {}".format(
-                self.name, value, self.low))
+            raise SpecError("field {!r}: {} is below its lower bound {}".format(
+                self.name, quote(value), self.low))
         if self.high is not None and value > self.high:
-            raise SpecError("field {!r}: {!r} is above its upper bound {}".format(
-                self.name, value, self.high))
+            raise SpecError("field {!r}: {} is above its upper bound {}".format(
+                self.name, quote(value), self.high))
         try:
             return np.array(value, dtype=self.dtype)
         except OverflowError as e:  # a Python int beyond the dtype's range (no bounds set)
-            raise SpecError("field {!r}: {!r} does not fit {}".format(
-                self.name, value, self.dtype)) from e
+            raise SpecError("field {!r}: {} does not fit {}".format(
+                self.name, quote(value), self.dtype)) from e
 
 
 class WorldSpec(NamedTuple):
@@ -170,7 +175,8 @@ def validate_fields(specs: Sequence[FieldSpec], values: Dict[str, Any], what: st
     known = {s.name for s in specs}
     unknown = sorted(set(map(str, values)) - known)
     if unknown:
-        raise SpecError("{}: unknown field(s) {}; expected {}".format(what, unknown, sorted(known)))
+        raise SpecError("{}: unknown field(s) {}; expected {}".format(what, quote(unknown),
+                                                                  sorted(known)))
     missing = sorted(known - set(values))
     if missing:
         raise SpecError("{}: missing field(s) {}".format(what, missing))

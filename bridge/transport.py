@@ -17,34 +17,51 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _TCP = re.compile(r"^tcp://(\[[^\]]+\]|[^:/]+):(\d+|\*)$")
 
 
-def parse_tcp_endpoint(endpoint: str) -> Tuple[str, Optional[int]]:
+def parse_tcp_endpoint(endpoint: str, bind: bool = False) -> Tuple[str, Optional[int]]:
     """Splits ``tcp://host:port`` into host and port (None for ``*``).
 
+    Ports are 1-65535; an address to bind may also say 0 or ``*`` (any free port).
+
     Raises:
-        BridgeError: not a tcp:// endpoint of that form.
+        BridgeError: not a tcp:// endpoint of that form, or a port out of range.
     """
-    match = _TCP.match(endpoint)
+    match = _TCP.match(endpoint) if isinstance(endpoint, str) else None
     if not match:
         raise BridgeError("bad endpoint {!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556"
                           .format(endpoint))
-    port = match.group(2)
-    return match.group(1), None if port == "*" else int(port)
+    text = match.group(2)
+    port = None if text == "*" else int(text)
+    if (port is None or port == 0) and not bind:
+        raise BridgeError("bad endpoint {!r}: connecting needs a port in 1-65535".format(endpoint))
+    if port is not None and port > 65535:
+        raise BridgeError("bad endpoint {!r}: port {} is outside 1-65535".format(endpoint, port))
+    return match.group(1), port
 
 
-def check_bind_endpoint(endpoint: str, allow_remote: bool) -> None:
-    """Refuses to listen beyond loopback unless the user asked for it (secure by default).
+def check_bind_endpoint(endpoint: str, allow_remote: bool, authenticated: bool = False,
+                        insecure: bool = False) -> None:
+    """Refuses to listen beyond loopback unless asked to, and without authentication unless told
+    twice (secure by default).
 
     Raises:
-        BridgeError: the endpoint is not loopback and ``allow_remote`` is False.
+        BridgeError: the endpoint is not loopback and ``allow_remote`` is False, or it is not loopback
+            and neither ``authenticated`` (CURVE) nor ``insecure`` is set.
     """
     if endpoint.startswith("ipc://"):
         return
-    host, _ = parse_tcp_endpoint(endpoint)
-    if host not in LOOPBACK_HOSTS and not allow_remote:
+    host, _ = parse_tcp_endpoint(endpoint, bind=True)
+    if host in LOOPBACK_HOSTS:
+        return
+    if not allow_remote:
         raise BridgeError(
-            "refusing to bind {}: it accepts connections from other machines and the bridge has no "
-            "authentication. Bind tcp://127.0.0.1:PORT, or pass --allow-remote (allow_remote=True) "
-            "on a trusted network.".format(endpoint))
+            "refusing to bind {}: it accepts connections from other machines. Bind "
+            "tcp://127.0.0.1:PORT (and reach it through an SSH tunnel), or pass --allow-remote "
+            "(allow_remote=True) with --curve DIR".format(endpoint))
+    if not authenticated and not insecure:
+        raise BridgeError(
+            "refusing to bind {} without authentication: anyone who reaches it could drive the "
+            "world. Pass --curve DIR (keys from: python -m bridge.keys DIR), or --insecure on a "
+            "network you trust entirely".format(endpoint))
 
 
 def is_same_host(endpoint: str) -> bool:
@@ -100,11 +117,16 @@ class ConnectionMonitor(object):
     since the last call (a killed process closes its TCP connections, which ZeroMQ reports).
     """
 
-    EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED
+    HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                          | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED
+              | zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILURES)
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.socket = sock.get_monitor_socket(self.EVENTS)
         self.connected = False
+        #: the last ZMTP handshake failure (a CURVE key the server refused...), until one succeeds.
+        self.handshake_failure = None  # type: Optional[int]
 
     def poll_disconnected(self) -> bool:
         dropped = False
@@ -115,6 +137,10 @@ class ConnectionMonitor(object):
             elif event == zmq.EVENT_DISCONNECTED:
                 self.connected = False
                 dropped = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_failure = None
+            elif event & self.HANDSHAKE_FAILURES:
+                self.handshake_failure = event
         return dropped
 
     def close(self, sock: zmq.Socket) -> None:

@@ -10,7 +10,10 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from bridge import protocol
 from bridge.errors import BridgeError
+from bridge.guard import DEFAULT_MEMORY_BUDGET
+from bridge.keys import load_server_keys
 from bridge.server import BridgeServer
+from bridge.transport import check_bind_endpoint
 from carla_client import registry
 from carla_client.backend import WorldBackend
 from carla_client.sensors import load_sensors
@@ -26,6 +29,8 @@ class ClientConfig(NamedTuple):
     world: str
     bind: str
     allow_remote: bool
+    curve: Optional[str]
+    insecure: bool
     host: str
     port: int
     tm_port: int
@@ -38,6 +43,7 @@ class ClientConfig(NamedTuple):
     tick_latency_ms: float
     shm: bool
     idle_timeout: float
+    memory_budget: int
     max_snapshots: int
     log_level: str
     #: the registered backends' own options by ``dest`` (e.g. ``legacy_client`` for carla084).
@@ -57,8 +63,14 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     arg("--bind", metavar="ENDPOINT", default=protocol.DEFAULT_ENDPOINT,
         help="address to listen on (default: %(default)s)")
     arg("--allow-remote", action="store_true",
-        help="permit binding a non-loopback address; the bridge has no authentication "
-             "(default: off)")
+        help="permit binding a non-loopback address; needs --curve (or --insecure) (default: off)")
+    arg("--curve", metavar="DIR", default=None,
+        help="require CurveZMQ: DIR/server.key_secret is this side's key, and exactly the client "
+             "public keys in DIR (*.key but server.key) may connect; make keys with "
+             "python -m bridge.keys DIR (default: off)")
+    arg("--insecure", action="store_true",
+        help="with --allow-remote, listen beyond loopback without --curve: anyone who reaches the "
+             "port can drive the world (default: off)")
     arg("--host", metavar="H", default="localhost",
         help="simulator server host, --world carla/carla084 (default: %(default)s)")
     arg("--port", metavar="P", type=int, default=2000,
@@ -86,6 +98,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     arg("--idle-timeout", metavar="SECONDS", type=float, default=60.0,
         help="end a session after this much silence when the trainer sends no heartbeats "
              "(default: %(default)s)")
+    arg("--memory-budget", metavar="MB", type=int, default=DEFAULT_MEMORY_BUDGET >> 20,
+        help="drop peer connections (not the trainer's) once this process has grown by this many MB "
+             "since it started; 0 disables the check (default: %(default)s)")
     arg("--max-snapshots", metavar="N", type=int, default=protocol.DEFAULT_MAX_SNAPSHOTS,
         help="snapshot tokens kept per session; one more drops the oldest (default: %(default)s)")
     arg("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -111,6 +126,29 @@ def parse_args(argv: Optional[List[str]] = None) -> ClientConfig:
     return ClientConfig(backend_options=backend_options, **args)
 
 
+def check_config(config: ClientConfig) -> None:
+    """Everything that can be checked before a world is built or a port bound.
+
+    Raises:
+        BridgeError: one clear sentence about the first bad setting.
+    """
+    check_bind_endpoint(config.bind, config.allow_remote, authenticated=config.curve is not None,
+                        insecure=config.insecure)
+    for name, port in (("--port", config.port), ("--tm-port", config.tm_port)):
+        if not 1 <= port <= 65535:
+            raise BridgeError("{} {} is outside 1-65535".format(name, port))
+    for name, seconds in (("--idle-timeout", config.idle_timeout),
+                          ("--carla-timeout", config.carla_timeout)):
+        if not seconds > 0:  # also catches NaN
+            raise BridgeError("{} must be a positive number of seconds, got {}".format(name, seconds))
+    if config.memory_budget < 0:
+        raise BridgeError("--memory-budget must be 0 (off) or a positive number of MB")
+    if config.npc_vehicles < 0:
+        raise BridgeError("--npc must be 0 or more")
+    if config.curve is not None:
+        load_server_keys(config.curve)
+
+
 def make_backend(config: ClientConfig) -> WorldBackend:
     """Builds the configured world through the registry (a backend is imported only when asked for)."""
     return registry.get(config.world).build(config, load_sensors(config.sensors))
@@ -118,6 +156,11 @@ def make_backend(config: ClientConfig) -> WorldBackend:
 
 def main(argv: Optional[List[str]] = None) -> int:
     config = parse_args(argv)
+    try:
+        check_config(config)
+    except BridgeError as e:  # one line, no traceback: a configuration mistake
+        print("python -m carla_client: error: {}".format(e), file=sys.stderr)
+        return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = StopFlag().install()  # the serve loop checks it between requests
@@ -130,6 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with backend, BridgeServer(WorldSessionHandler(backend), bind=config.bind,
                                    allow_remote=config.allow_remote, use_shm=config.shm,
                                    idle_timeout=config.idle_timeout,
+                                   memory_budget=config.memory_budget << 20, curve=config.curve,
+                                   insecure=config.insecure,
                                    max_snapshots=config.max_snapshots) as server:
             logger.info("serving the %s world (%s) on %s; protocol %s; waiting for a trainer",
                         backend.name, backend.version, server.endpoint, protocol.version_string())

@@ -16,7 +16,7 @@ Example ``sensors.json``::
 import json
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from bridge.errors import SpecError
+from bridge.errors import SpecError, quote
 from bridge.spec import FieldSpec
 
 CAMERA_RGB = "sensor.camera.rgb"
@@ -27,6 +27,9 @@ COLLISION = "sensor.other.collision"
 LANE_INVASION = "sensor.other.lane_invasion"
 
 CAMERA_TYPES = (CAMERA_RGB, CAMERA_DEPTH, CAMERA_SEMANTIC)
+#: the largest camera side, in pixels (docs/builtin_world.md, docs/carla_backend.md): 4096x4096 BGRA is
+#: 64 MiB per frame, already far past what a 20 Hz lockstep tick can move.
+MAX_CAMERA_SIDE = 4096
 EVENT_TYPES = (COLLISION, LANE_INVASION)
 SENSOR_TYPES = CAMERA_TYPES + (LIDAR,) + EVENT_TYPES
 
@@ -117,7 +120,19 @@ def sensor_from_dict(entry: Dict[str, Any]) -> SensorConfig:
         raise SpecError("sensor {!r}: placement must be numbers: {}".format(name, e)) from e
     attributes = dict(entry)
     attributes.setdefault("view", view)
+    if kind in CAMERA_TYPES:
+        _check_camera_size(name, attributes)
     return SensorConfig(name=name, type=kind, attributes=attributes, **placement)
+
+
+def _check_camera_size(name: str, attributes: Dict[str, Any]) -> None:
+    for key in ("width", "height"):
+        value = attributes.get(key, 84)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CAMERA_SIDE:
+            raise SpecError("sensor {!r}: {} must be a whole number of pixels in 1-{}, got {}".format(
+                name, key, MAX_CAMERA_SIDE, quote(value, 40)))
 
 
 def load_sensors(path: Optional[str] = None) -> Tuple[SensorConfig, ...]:

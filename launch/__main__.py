@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             print("launch doctor: ignoring the arguments after --", file=sys.stderr)
         return run_doctor(config, ping=not args.no_ping)
 
+    if args.resume is not None and not args.resume.exists():  # before anything is created on disk
+        print(f"launch: --resume {args.resume}: no such run directory or checkpoint", file=sys.stderr)
+        return 2
     from launch.supervisor import Launcher
     handler = _setup_logging(args.log_level)
     launcher = Launcher(config, trainer_overrides, keep_tensorboard=args.keep_tensorboard,

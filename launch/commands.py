@@ -12,7 +12,7 @@ from launch.procs import child_env  # noqa: F401  (the launcher's callers build 
 EVENT_SENSORS = Path(__file__).resolve().parent / "configs" / "sensors_events.json"
 
 #: agent config keys the launcher sets itself (from its own config) on the trainer's command line.
-LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints",)
+LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints", "env.curve")
 
 
 def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
@@ -51,7 +51,15 @@ def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
         sensors = None if config.view else str(EVENT_SENSORS)
     if sensors:
         argv += ["--sensors", str(find_input(sensors))]
+    if config.curve:
+        argv += ["--curve", curve_dir(config)]
     return argv + list(clients.extra_args)
+
+
+def curve_dir(config: LaunchConfig) -> str:
+    """The configured CurveZMQ key directory as an absolute path (children run in other directories)."""
+    assert config.curve, "curve_dir needs config.curve"
+    return str(Path(config.curve).expanduser().resolve())
 
 
 def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -85,9 +93,10 @@ def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_
     else:
         head = ["--config", str(find_input(config.trainer.config)), "--run-name", run_name,
                 f"runs_dir={runs_dir}"]
+    curve = [f"env.curve={curve_dir(config)}"] if config.curve else []
     view = ["view=true"] if config.view else []
     return [trainer_python, "-m", config.trainer.module, *head,
-            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *view, *overrides]
+            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *curve, *view, *overrides]
 
 
 def run_dir_of(resume: Path) -> Path:

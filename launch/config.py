@@ -12,6 +12,7 @@ import yaml
 from bridge.errors import ConfigError, UnknownKeyError
 from launch.interpreters import find_sim_python, find_trainer_python
 from launch.overrides import apply_overrides  # noqa: F401  (also this module's API)
+from launch.overrides import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -119,6 +120,7 @@ class LaunchConfig:
     cluster: ClusterSection
     console: str = "auto"
     view: bool = False
+    curve: str | None = None
 
     @property
     def world_kind(self) -> str:
@@ -144,8 +146,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a launcher config must be a YAML mapping")
     return data
@@ -196,6 +197,7 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         console=_coerce(raw.get("console", "auto"), "str", "console"),
         view=_coerce(raw.get("view", False), "bool", "view"),
         cluster=section(ClusterSection, raw["cluster"], "cluster"),
+        curve=_coerce(raw.get("curve"), "str | None", "curve"),
     )
     if config.console not in CONSOLE_MODES:
         raise ConfigError(f"console must be one of {', '.join(CONSOLE_MODES)}, not {config.console!r}")

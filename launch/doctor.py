@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from bridge.keys import check_key_directory, client_public_keys
 from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig, find_input, resolve_interpreters
@@ -191,6 +192,34 @@ def check_ports(config: LaunchConfig) -> list[Row]:
     return rows
 
 
+def check_curve(config: LaunchConfig, sim_python: str | None) -> list[Row]:
+    """The CurveZMQ key directory (``curve: DIR``): both key pairs readable, secrets private, and
+    libzmq with CURVE under both interpreters."""
+    loopback = config.clients.host in ("127.0.0.1", "localhost", "::1")
+    if not config.curve:
+        if loopback:
+            return []
+        return [Row(FAIL, "curve keys", f"carla_client binds {config.clients.host}, beyond this "
+                    "host, without CurveZMQ", "make keys with `python -m bridge.keys DIR` and set "
+                    "curve=DIR, or keep clients.host=127.0.0.1 and use an SSH tunnel")]
+    directory = commands.curve_dir(config)
+    rows = []
+    for side in ("server", "client"):
+        problems = check_key_directory(directory, side)
+        rows.append(Row(FAIL, f"curve {side} keys", "; ".join(problems),
+                        f"make keys with `python -m bridge.keys {directory}`") if problems else
+                    Row(OK, f"curve {side} keys", f"{directory} ({side}.key_secret private)"))
+    if rows[0].status == OK:
+        rows[0] = rows[0]._replace(detail=rows[0].detail + f"; {len(client_public_keys(directory))} "
+                                   "client key(s) accepted")
+    if sim_python:
+        code, out = _run([sim_python, "-c", "import zmq; print(zmq.has('curve'))"], 30)
+        if code != 0 or out.strip() != "True":
+            rows.append(Row(FAIL, "sim: curve support", f"libzmq under {sim_python} lacks CURVE "
+                            f"({out.strip()[-200:]})", SETUP_HINT))
+    return rows
+
+
 def check_carla(config: LaunchConfig, sim_python: str | None, sim_has_carla: bool) -> list[Row]:
     carla = config.carla
     info = registry.get(config.world_kind)
@@ -311,6 +340,7 @@ def diagnose(config: LaunchConfig, launcher_python: str, ping: bool = True) -> l
         probed.append(("CARLA sim venv", extra))
     rows += check_carla_clients(probed, "sim" if config.world_kind == "carla" else None)
     rows += check_ports(config)
+    rows += check_curve(config, sim if sim_runs else None)
     rows += check_carla(config, sim if sim_runs else None, sim_has_carla)
     if ping:
         if sim_runs:

@@ -7,13 +7,14 @@ value is a list (or that the caller names in ``list_keys``) also takes ``a,b,c``
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping
 
 import yaml
 
 from bridge.errors import ConfigError, UnknownKeyError
 
-__all__ = ["ConfigError", "UnknownKeyError", "apply_overrides", "parse_value"]
+__all__ = ["ConfigError", "UnknownKeyError", "apply_overrides", "parse_value", "read_yaml"]
 
 
 def _scalar(text: str) -> Any:
@@ -81,3 +82,20 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str],
             raise ConfigError(f"override {item!r}: {key!r} is a section; set one of its keys")
         node[parts[-1]] = parse_value(text, key in list_keys or isinstance(current, list))
     return config
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (the launcher's and the trainer's configs).
+
+    Raises:
+        ConfigError (a ValueError): the file is not valid YAML (one line: where and what).
+        OSError: the file cannot be read.
+    """
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from e

@@ -73,6 +73,22 @@ def trainer_python():
 
 
 @pytest.fixture
+def builtin_endpoint(sim_process):
+    """A built-in world carla_client under the sim interpreter, answering bridge pings: its endpoint."""
+    import time
+
+    from launch.procs import NotReady, free_tcp_endpoint, wait_bridge
+
+    endpoint = free_tcp_endpoint()
+    proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint])
+    try:
+        wait_bridge(endpoint, time.monotonic() + 30.0, proc)
+    except NotReady as e:
+        pytest.fail("%s:\n%s" % (e, proc.log_tail()))
+    return endpoint
+
+
+@pytest.fixture
 def tcp_endpoint():
     """A loopback endpoint on a port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -10,7 +10,7 @@ import yaml
 from agent.status import read_status
 
 from launch.interpreters import REPO_ROOT
-from launch.procs import NotReady, child_env, free_tcp_endpoint, wait_bridge
+from launch.procs import child_env
 
 TINY = ["ppo.n_steps=64", "ppo.batch_size=32", "ppo.n_epochs=1", "checkpoint_every=128",
         "progress_bar=false", "env.max_episode_steps=100", "policy.cnn_dim=32"]
@@ -37,14 +37,8 @@ def scalars(run_dir):
 
 
 @pytest.fixture
-def endpoint(sim_process):
-    endpoint = free_tcp_endpoint()
-    proc = sim_process(["-m", "carla_client", "--world", "builtin", "--bind", endpoint])
-    try:
-        wait_bridge(endpoint, time.monotonic() + 30.0, proc)
-    except NotReady as e:
-        pytest.fail(f"{e}:\n{proc.log_tail()}")
-    return endpoint
+def endpoint(builtin_endpoint):
+    return builtin_endpoint
 
 
 def test_train_checkpoint_resume_tensorboard_and_evaluate(endpoint, tmp_path):

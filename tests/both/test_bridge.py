@@ -14,26 +14,9 @@ from bridge.codec import Encoder, decode
 from bridge.errors import (BridgeError, BridgeTimeoutError, RemoteSessionError, RemoteSpecError,
                            RemoteVersionError, SessionError, SpecError, VersionMismatchError)
 from bridge.server import BridgeServer
-from tests.peers.counting_peer import CountingHandler, frame_of
+from tests.peers.counting_peer import CountingHandler, RunningServer, frame_of
 
 ACTION = {"throttle": 0.5, "steer": 0.0}
-
-
-class RunningServer(object):
-    def __init__(self, handler, **options):
-        self.handler = handler
-        self.server = BridgeServer(handler, bind="tcp://127.0.0.1:0", **options)
-        self.endpoint = self.server.endpoint
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.server.serve,
-                                        args=(self._stop.is_set, 0.02), daemon=True)
-        self._thread.start()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        assert not self._thread.is_alive(), "server thread did not stop"
-        self.server.close()
 
 
 @pytest.fixture
@@ -250,16 +233,26 @@ def test_no_server_gives_an_actionable_timeout():
         assert "tcp://127.0.0.1:9" in str(raised.value)
 
 
-def test_a_new_hello_takes_over_and_the_old_trainer_gets_a_session_error(serve):
+def test_a_new_hello_takes_over_a_dead_trainer_and_the_old_client_gets_a_session_error(serve):
     server = serve()
-    with BridgeClient(server.endpoint) as first, BridgeClient(server.endpoint) as second:
+    with BridgeClient(server.endpoint, heartbeat_seconds=0.05) as first, \
+            BridgeClient(server.endpoint) as second:
         first.hello()
         first.reset()
-        second.hello()
+        first._stop_heartbeat()  # frozen: connected but silent (tests/both/test_sessions.py: busy)
+        assert wait_until(lambda: _hello_succeeds(second), timeout=5.0)
         assert server.handler.sessions_closed == 1
-        with pytest.raises(RemoteSessionError, match="another trainer"):
+        with pytest.raises(RemoteSessionError, match="not the current session"):
             first.step(ACTION)
         assert second.reset().frame == 0
+
+
+def _hello_succeeds(client):
+    try:
+        client.hello()
+        return True
+    except SessionError:
+        return False
 
 
 def test_a_silent_trainer_loses_its_session_and_the_world_is_restored(serve):
@@ -284,10 +277,10 @@ def test_a_silent_trainer_loses_its_session_and_the_world_is_restored(serve):
 
 def test_heartbeats_keep_a_busy_trainers_session(serve):
     server = serve()
-    with BridgeClient(server.endpoint, heartbeat_seconds=0.05) as client:
+    with BridgeClient(server.endpoint, heartbeat_seconds=0.2) as client:
         client.hello()
         client.reset()
-        time.sleep(0.6)  # far beyond 5 missed heartbeats: only the heartbeat thread talks
+        time.sleep(2.5)  # far beyond 5 missed heartbeats (1 s): only the heartbeat thread talks
         assert server.handler.sessions_closed == 0
         assert client.step(ACTION).frame == 1
 
@@ -315,7 +308,10 @@ def test_ping_reports_status_without_touching_sessions(serve):
 def test_binding_beyond_loopback_needs_consent():
     with pytest.raises(BridgeError, match="allow-remote"):
         BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0")
-    with BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0", allow_remote=True) as server:
+    with pytest.raises(BridgeError, match="--curve DIR"):
+        BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0", allow_remote=True)
+    with BridgeServer(CountingHandler(), bind="tcp://0.0.0.0:0", allow_remote=True,
+                      insecure=True) as server:
         assert server.endpoint.startswith("tcp://0.0.0.0:")
 
 

@@ -8,6 +8,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -54,6 +55,25 @@ class CountingHandler(SessionHandler):
                 "measurements": {"echo": echo}, "events": [{"type": "tick", "frame": self.frame}]}
 
 
+class RunningServer(object):
+    """A BridgeServer serving in a thread of this process, on a free loopback port."""
+
+    def __init__(self, handler, **options):
+        self.handler = handler
+        self.server = BridgeServer(handler, bind="tcp://127.0.0.1:0", **options)
+        self.endpoint = self.server.endpoint
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.server.serve,
+                                        args=(self._stop.is_set, 0.02), daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        assert not self._thread.is_alive(), "server thread did not stop"
+        self.server.close()
+
+
 def frame_of(image):
     """Decodes the frame number a CountingHandler wrote into an image."""
     return int(np.frombuffer(bytes(image.reshape(-1)[:4]) + b"\0" * 4, np.int64)[0])
@@ -65,12 +85,14 @@ def main(argv=None):
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--height", type=int, default=8)
     parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--memory-budget", type=int, default=None, metavar="MB")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
     handler = CountingHandler(args.height, args.width, args.step_delay)
-    with BridgeServer(handler, bind=args.bind) as server:
+    options = {} if args.memory_budget is None else {"memory_budget": args.memory_budget << 20}
+    with BridgeServer(handler, bind=args.bind, **options) as server:
         print("ready {} {}".format(server.endpoint, sys.version.split()[0]), flush=True)
         server.serve(should_stop=lambda: bool(stopping))
     return 0
