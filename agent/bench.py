@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     scaling.add_argument("--scale-steps", metavar="S", type=int, default=100,
                          help="vec steps per run after a 10-step warm-up (default: %(default)s)")
     scaling.add_argument("--plot", metavar="PNG", default=None, help="also plot the scaling here")
+    scaling.add_argument("--nice", metavar="INCREMENT", type=int, default=0,
+                         help="change the scheduling priority of the bench and of every process it "
+                              "starts, as nice(1) does (a negative value needs root): on a machine "
+                              "shared with other jobs it measures this code rather than their load "
+                              "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.scale is not None:
         return main_scale(args, parser)
@@ -283,6 +288,8 @@ def main_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--scale wants comma-separated sim counts, got {args.scale!r}")
     if not counts or min(counts) < 1 or not args.tick_latency_ms > 0 or args.scale_steps < 1:
         parser.error("--scale needs counts >= 1, --tick-latency-ms > 0 and --scale-steps >= 1")
+    if args.nice:
+        os.nice(args.nice)  # inherited by the sims and SubprocVecEnv's workers started below
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="agent-bench-scale-") as tmp:
         records = bench_scale.scale(counts, args.tick_latency_ms, args.scale_steps, 10,
@@ -290,8 +297,8 @@ def main_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                                     env_kwargs(load_config()))
     print(bench_scale.markdown(records))
     print(f"\nMedians of {args.repeats} interleaved runs of {args.scale_steps} vec steps each; "
-          f"{args.tick_latency_ms:g} ms ticks; load average before {load[0]:.1f}, after "
-          f"{os.getloadavg()[0]:.1f}.")
+          f"{args.tick_latency_ms:g} ms ticks; niceness {os.nice(0)}; load average before "
+          f"{load[0]:.1f}, after {os.getloadavg()[0]:.1f}.")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     if args.plot:

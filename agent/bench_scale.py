@@ -113,25 +113,38 @@ def markdown(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], out: str | Path, tick_latency_ms: float) -> Path:
-    """Steps/s against sim count for both vec envs and the ideal, as a PNG."""
+    """Steps/s against sim count (both vec envs and the ideal) and each as a fraction of the ideal."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     sims = [r["sims"] for r in records]
-    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    axis.plot(sims, [r["ideal_steps_per_s"] for r in records], "k--", label="ideal: N x 1000 / L")
-    axis.plot(sims, [r["bridge_vec_steps_per_s"] for r in records], "o-", label="BridgeVecEnv")
-    axis.plot(sims, [r["subproc_steps_per_s"] for r in records], "s-", label="SubprocVecEnv")
-    axis.set_xscale("log", base=2)
-    axis.set_yscale("log", base=2)
-    axis.set_xticks(sims, [str(s) for s in sims])
-    axis.set_xlabel("sims (one env each)")
-    axis.set_ylabel("env steps / s")
-    axis.set_title(f"One trainer, N built-in sims with a {tick_latency_ms:g} ms tick")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
+    ideal = np.array([r["ideal_steps_per_s"] for r in records])
+    series = (("BridgeVecEnv", "bridge_vec_steps_per_s", "o-"),
+              ("SubprocVecEnv", "subproc_steps_per_s", "s-"))
+    figure, (rates, ratios) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    rates.plot(sims, ideal, "k--", label="ideal: N x 1000 / L")
+    for label, key, style in series:
+        values = np.array([r[key] for r in records])
+        rates.plot(sims, values, style, label=label)
+        ratios.plot(sims, values / ideal, style, label=label)
+    rates.set_xscale("log", base=2)
+    rates.set_yscale("log", base=2)
+    rates.yaxis.set_major_formatter(ScalarFormatter())
+    rates.set_ylabel("env steps / s")
+    rates.legend()
+    ratios.set_xscale("log", base=2)
+    ratios.axhline(0.9, color="k", linestyle=":", label="goal: 0.9 x ideal")
+    ratios.set_ylim(0.5, 1.02)
+    ratios.set_ylabel("fraction of the ideal")
+    ratios.legend(loc="lower left")
+    for axis in (rates, ratios):
+        axis.set_xticks(sims, [str(s) for s in sims])
+        axis.set_xlabel("sims (one env each)")
+        axis.grid(True, which="both", alpha=0.3)
+    figure.suptitle(f"One trainer, N built-in sims with a {tick_latency_ms:g} ms tick")
     figure.tight_layout()
     out = Path(out)
     figure.savefig(out)

@@ -153,6 +153,7 @@ class BridgeVecEnv(VecEnv):
         self._waiting = False
         self._poller: zmq.Poller | None = None
         self._owner: dict[zmq.Socket, int] = {}
+        self._socketless: set[int] = set()
         self._episode_returns = np.zeros(n)
         self._episode_lengths = np.zeros(n, dtype=np.int64)
         self._t_start = time.time()
@@ -234,7 +235,7 @@ class BridgeVecEnv(VecEnv):
         errors: list[BaseException] = []
         out = (rewards, dones, infos, errors)
         pending: dict[int, str] = {}  # env index -> the command whose tick we wait for
-        self._poller, self._owner = zmq.Poller(), {}
+        self._poller, self._owner, self._socketless = zmq.Poller(), {}, set()
         try:
             for index, control in enumerate(self._controls):
                 if self._send_errors[index] is not None:
@@ -246,16 +247,18 @@ class BridgeVecEnv(VecEnv):
                     self._poll_recovery(index, out)
             while pending:
                 # in-process clients have no sockets: nothing to wait for, take their ticks now
-                wait_ms = _POLL_SLICE_MS if self._owner else 0
+                wait_ms = 0 if not self._socketless.isdisjoint(pending) else _POLL_SLICE_MS
                 fired = {self._owner[sock] for sock, _ in self._poller.poll(wait_ms)}
                 # nothing fired: a slice passed, so look at every client (its deadline may be due)
                 for index in sorted(fired or set(pending)):
                     if index in pending:
                         self._collect(index, pending, out)
+                    else:  # done this step; unwatched only now (cheaper than after every reply)
+                        self._unwatch(index)
         finally:
             self._waiting = False
             self._controls = [None] * n
-            self._poller, self._owner = None, {}
+            self._poller, self._owner, self._socketless = None, {}, set()
         if errors:
             raise errors[0]
         return self._obs_from_buf(), rewards, dones, infos
@@ -306,7 +309,10 @@ class BridgeVecEnv(VecEnv):
     # ---------------------------------------------------------------- stepping
     def _watch(self, index: int) -> None:
         assert self._poller is not None
-        for sock in self.envs[index].client.wait_sockets:
+        sockets = self.envs[index].client.wait_sockets
+        if not sockets:
+            self._socketless.add(index)
+        for sock in sockets:
             self._poller.register(sock, zmq.POLLIN)
             self._owner[sock] = index
 
@@ -327,7 +333,6 @@ class BridgeVecEnv(VecEnv):
                 return
             if command == "reset":
                 del pending[index]
-                self._unwatch(index)
                 obs, self.reset_infos[index] = env.end_reset(tick)
                 self._save_obs(index, obs)
                 return
@@ -357,7 +362,6 @@ class BridgeVecEnv(VecEnv):
         self._count(index, reward, info, episode_over=done)
         if not done:
             del pending[index]
-            self._unwatch(index)
             self._save_obs(index, obs)
             return
         info["terminal_observation"] = obs
