@@ -20,7 +20,7 @@ SENSORS = [{"name": "camera", "type": "sensor.camera.rgb", "view": "chase", "wid
             "height": 32, "fov": 90},
            {"name": "collision", "type": "sensor.other.collision"},
            {"name": "lane_invasion", "type": "sensor.other.lane_invasion"}]
-ENV = ["env.max_episode_steps=40", "env.camera_size=[32,40]", "env.reset_options.random_start=true"]
+ENV = ["env.max_episode_steps=40", "env.camera=auto", "env.camera_size=[32,40]", "env.reset_options.random_start=true"]
 
 
 @pytest.fixture
@@ -148,11 +148,11 @@ def test_record_with_a_model_and_replay_across_interpreters(datasets, sim, tmp_p
     """A PPO model's episodes recorded in this interpreter's world (in process) replay identically
     on the sim interpreter's world: the built-in world is bit-identical across Python versions."""
     from agent.config import load_config
-    from agent.train import build_model
+    from agent.train import build_model, env_kwargs
     from agent.vec import make_vec_env
 
     config = load_config(overrides=["policy.cnn_dim=16"])
-    venv = make_vec_env(["inprocess://builtin"], camera_size=(64, 64))
+    venv = make_vec_env(["inprocess://builtin"], **env_kwargs(config))
     try:
         build_model(config, venv).save(tmp_path / "model.zip")
     finally:
@@ -173,7 +173,7 @@ def test_training_records_while_it_trains(datasets, tmp_path):
     command = [sys.executable, "-m", "agent.train", "--run-name", "rec", f"runs_dir={tmp_path}",
                "endpoints=inprocess://builtin", "total_timesteps=128", "ppo.n_steps=64",
                "ppo.batch_size=32", "ppo.n_epochs=1", "progress_bar=false", "policy.cnn_dim=16",
-               "env.max_episode_steps=25", "record.dataset_id=carla/builtin/train-v0"]
+               "env.max_episode_steps=25", "env.camera=auto", "record.dataset_id=carla/builtin/train-v0"]
     env = child_env({"MINARI_DATASETS_PATH": str(datasets)})
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
