@@ -95,8 +95,11 @@ def test_sims_are_spread_restarted_by_ray_and_stopped(cluster, sim_python, tmp_p
 
 @pytest.mark.timeout(400)
 def test_ppo_trains_over_four_sims_on_the_cluster_and_survives_a_killed_sim(cluster, launch_run):
-    run = launch_run(["cluster=ray", f"cluster.address={cluster.address}", "tensorboard.enabled=false"],
-                     ["total_timesteps=2048", *TINY], clients=4)
+    # Ticks of at least 25 ms keep training going for > 25 s after the kill, so the restarted sim is
+    # back before the run ends even on a quiet machine (2048 fast steps finished before it was).
+    run = launch_run(["cluster=ray", f"cluster.address={cluster.address}", "tensorboard.enabled=false",
+                      "clients.extra_args=[--tick-latency-ms, '25']"],
+                     ["total_timesteps=4096", *TINY], clients=4)
     run.wait_for(lambda: list(run.run_dir.glob("events.out.tfevents.*")), 240, "training to start")
     assert "ray: 4 sims on" in run.text()
     victim = run.pids("carla_client-1")[0]
