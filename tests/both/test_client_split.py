@@ -7,21 +7,8 @@ import zmq
 
 from bridge.client import BridgeClient
 from bridge.errors import BridgeError, BridgeTimeoutError, RemoteSpecError
-from tests.both.test_bridge import ACTION, RunningServer
+from tests.both.test_bridge import ACTION, serve  # noqa: F401 (serve is a fixture)
 from tests.peers.counting_peer import CountingHandler, frame_of
-
-
-@pytest.fixture
-def serve():
-    running = []
-
-    def start(handler=None, **options):
-        running.append(RunningServer(handler or CountingHandler(), **options))
-        return running[-1]
-
-    yield start
-    for server in running:
-        server.close()
 
 
 def open_client(endpoint, **options):
