@@ -19,9 +19,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from agent.config import load_config
+from agent.cli import add_env_args, add_policy_args, env_settings, resolve_config
 from agent.env import CarlaBridgeEnv
-from agent.train import env_kwargs, run_dir_of_checkpoint
 from agent.view import WINDOW_TITLE, LiveView, annotate, overlay_lines
 
 log = logging.getLogger("agent.evaluate")
@@ -152,18 +151,11 @@ def _seeds(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m agent.evaluate",
                                      description=__doc__.split("\n")[0])
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", metavar="ZIP", type=Path, help="a model or checkpoint zip")
-    who.add_argument("--random", action="store_true", help="a uniformly random policy")
+    add_policy_args(parser)
+    add_env_args(parser)
     parser.add_argument("--episodes", metavar="N", type=int, default=10, help="(default: 10)")
-    parser.add_argument("--endpoint", default=None,
-                        help="sim address (default: the first endpoint of the run's config)")
-    parser.add_argument("--config", metavar="YAML", default=None,
-                        help="env settings (default: the run's config.yaml, else the default one)")
     parser.add_argument("--seed", type=int, default=1000,
                         help="episode i is reset with seed + i (default: 1000)")
-    parser.add_argument("--stochastic", action="store_true",
-                        help="sample actions instead of taking the policy's mean")
     parser.add_argument("--video", metavar="MP4", default=None, help="write a video of the episodes")
     parser.add_argument("--video-height", type=int, default=384, help="(default: 384)")
     parser.add_argument("--show", action="store_true",
@@ -177,8 +169,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "starts (default: 0 there)")
     parser.add_argument("--markdown", metavar="FILE", default=None, help="also write the table here")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write rows and summary")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. env.max_episode_steps=4000")
     return parser.parse_args(argv)
 
 
@@ -217,13 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("agent.view").setLevel(logging.INFO)
     args = parse_args(argv)
-    config_path = args.config
-    if config_path is None and args.model is not None:
-        candidate = run_dir_of_checkpoint(args.model) / "config.yaml"
-        config_path = candidate if candidate.is_file() else None
-    config = load_config(config_path, args.overrides)
-    kwargs = env_kwargs(config)
-    kwargs["reconnect"] = False  # an evaluation should fail loudly, not skip an episode
+    config = resolve_config(args)
+    kwargs = env_settings(config)  # no reconnects: an evaluation fails loudly, it skips no episode
     model = None
     if not args.random:
         import torch
