@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: how often a waiting client checks whether the server's connection dropped.
 _LIVENESS_SLICE_SECONDS = 0.05
+#: how long a request sent while the connection is down waits for ZeroMQ to reconnect (a restarted
+#: sim side is back within its reconnect interval, 100 ms) before the sim side counts as gone.
+_RECONNECT_GRACE_SECONDS = 1.0
 
 
 class ProtocolVersionWarning(UserWarning):
@@ -51,6 +54,9 @@ class _Pending(NamedTuple):
     started: float
     deadline: float
     timeout: float
+    #: the connection had dropped, and was not back, when the request was sent: ZeroMQ queues it
+    #: for a reconnect that never comes if the sim side died between two requests.
+    sent_while_down: bool = False
 
 
 class ServerInfo(NamedTuple):
@@ -506,7 +512,8 @@ class BridgeClient(object):
         seq = self._seq
         frames = self._encoder.encode({"seq": seq, "cmd": command, "session": self._session,
                                        "shm": self._shm is not None, "body": body})
-        self._monitor.poll_disconnected()  # forget drops that happened between requests
+        self._monitor.poll_disconnected()  # a drop between two requests counts if it is not back
+        sent_while_down = self._monitor.lost
         started = time.monotonic()
         deadline = started + timeout
         try:
@@ -514,7 +521,7 @@ class BridgeClient(object):
         except zmq.Again:  # nothing sent yet: a DEALER's first frame is all or nothing
             self._wait_writable(command, seq, deadline)
             send_frames(self._socket, frames, zmq.NOBLOCK)
-        self._pending = _Pending(command, seq, started, deadline, timeout)
+        self._pending = _Pending(command, seq, started, deadline, timeout, sent_while_down)
 
     def _await_reply(self, pending: _Pending, block: bool) -> Optional[Dict[str, Any]]:
         """The body of the reply to ``pending``; None if ``block`` is False and it is not here yet.
@@ -562,6 +569,13 @@ class BridgeClient(object):
                     "the sim side at {} dropped the connection while we waited for the reply to {} "
                     "#{}: carla_client probably crashed or was killed; check its log, then restart "
                     "it{}".format(self.endpoint, command, seq, hint))
+            if (pending.sent_while_down and self._monitor.lost
+                    and time.monotonic() - pending.started >= _RECONNECT_GRACE_SECONDS):
+                raise PeerDisconnectedError(
+                    "the sim side at {} dropped the connection before {} #{} was sent and has not "
+                    "come back within {:.0f} s: carla_client probably crashed or was killed; check "
+                    "its log, then restart it".format(self.endpoint, command, seq,
+                                                      _RECONNECT_GRACE_SECONDS))
             if self._handshake_failed():
                 raise self._handshake_error()
             if remaining <= 0:

@@ -125,6 +125,8 @@ class ConnectionMonitor(object):
     def __init__(self, sock: zmq.Socket) -> None:
         self.socket = sock.get_monitor_socket(self.EVENTS)
         self.connected = False
+        #: the connection dropped and has not come back (False before the first connection).
+        self.lost = False
         #: the last ZMTP handshake failure (a CURVE key the server refused...), until one succeeds.
         self.handshake_failure = None  # type: Optional[int]
 
@@ -134,8 +136,10 @@ class ConnectionMonitor(object):
             event = recv_monitor_message(self.socket)["event"]
             if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
                 self.connected = True
+                self.lost = False
             elif event == zmq.EVENT_DISCONNECTED:
                 self.connected = False
+                self.lost = True
                 dropped = True
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_failure = None

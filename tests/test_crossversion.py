@@ -78,6 +78,26 @@ def test_killing_the_server_mid_request_is_reported_fast(children, sim_python):
         assert "crashed or was killed" in str(raised.value)
 
 
+def test_a_server_killed_between_two_requests_is_reported_fast(children, sim_python):
+    """The drop is seen before the next request is sent; ZeroMQ would queue that request for a
+    reconnect that never comes, so only the connection state can tell."""
+    peer = serve_counting(children, sim_python)
+    timeout = 10.0
+    with BridgeClient(peer.endpoint, timeout=timeout) as client:
+        client.hello()
+        client.reset()
+        peer.send(signal.SIGKILL, True)
+        assert peer.wait(timeout=5) is not None
+        deadline = time.monotonic() + 5.0  # until the client's monitor has the drop
+        while client._monitor.connected and time.monotonic() < deadline:
+            client._monitor.poll_disconnected()
+            time.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(PeerDisconnectedError, match="has not come back"):
+            client.step({"throttle": 0.5, "steer": 0.0})
+        assert time.monotonic() - started < timeout / 2
+
+
 def test_a_killed_server_is_reported_by_the_timeout_when_the_connection_cannot_tell(children,
                                                                                      sim_python):
     peer = serve_counting(children, sim_python, "--step-delay", "5")
