@@ -563,25 +563,25 @@ class BridgeClient(object):
                     continue
                 return reply
             if self._monitor.poll_disconnected() and not self._handshake_failed():
-                hint = ("; or it requires CurveZMQ (--curve): pass curve=DIR with its keys"
-                        if self._monitor.handshake_failure is not None else "")
-                raise PeerDisconnectedError(
-                    "the sim side at {} dropped the connection while we waited for the reply to {} "
-                    "#{}: carla_client probably crashed or was killed; check its log, then restart "
-                    "it{}".format(self.endpoint, command, seq, hint))
+                raise self._disconnected_error(pending, "while we waited for the reply to")
             if (pending.sent_while_down and self._monitor.lost
                     and time.monotonic() - pending.started >= _RECONNECT_GRACE_SECONDS):
-                raise PeerDisconnectedError(
-                    "the sim side at {} dropped the connection before {} #{} was sent and has not "
-                    "come back within {:.0f} s: carla_client probably crashed or was killed; check "
-                    "its log, then restart it".format(self.endpoint, command, seq,
-                                                      _RECONNECT_GRACE_SECONDS))
+                raise self._disconnected_error(pending, "and has not come back within {:.0f} s "
+                                               "of".format(_RECONNECT_GRACE_SECONDS))
             if self._handshake_failed():
                 raise self._handshake_error()
             if remaining <= 0:
                 raise BridgeTimeoutError(self._timeout_message(command, seq, pending.timeout))
             if not block:
                 return None
+
+    def _disconnected_error(self, pending: _Pending, when: str) -> PeerDisconnectedError:
+        hint = ("; or it requires CurveZMQ (--curve): pass curve=DIR with its keys"
+                if self._monitor.handshake_failure is not None else "")
+        return PeerDisconnectedError(
+            "the sim side at {} dropped the connection {} {} #{}: carla_client probably crashed or "
+            "was killed; check its log, then restart it{}".format(
+                self.endpoint, when, pending.command, pending.seq, hint))
 
     def _handshake_failed(self) -> bool:
         """A handshake failure that means "no service here", not a connection dropped mid-way.

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from launch import commands
 from launch.config import load_config
 
 EPILOG = """\
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from launch.supervisor import Launcher
     handler = _setup_logging(args.log_level)
+    if args.resume is None:  # a resumed run trains on with its own saved config
+        try:
+            commands.check_trainer_config(config, [*config.trainer.overrides, *trainer_overrides])
+        except ValueError as e:
+            print(f"launch: bad trainer configuration: {e}", file=sys.stderr)
+            return 2
     launcher = Launcher(config, trainer_overrides, keep_tensorboard=args.keep_tensorboard,
                         keep_tensorboard_seconds=args.keep_tensorboard_seconds, resume=args.resume,
                         log_handler=handler)

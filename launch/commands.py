@@ -79,6 +79,21 @@ def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], l
     return known, rest
 
 
+def check_trainer_config(config: LaunchConfig, overrides: Sequence[str]) -> None:
+    """Applies the trainer's overrides to its config file and checks the result as ``agent.train``
+    will, so that a misspelt key fails before any sim, TensorBoard or run directory is started.
+
+    Raises:
+        ConfigError (a ValueError): the first unknown or ill-typed key, as agent.train words it.
+    """
+    from agent.config import check_config, load_config  # the trainer's own rules, not a copy
+
+    # the endpoints are the launcher's to set (clients.*); any valid address stands in for them
+    trainer_config = load_config(find_input(config.trainer.config),
+                                 [*overrides, "endpoints=tcp://127.0.0.1:5556"])
+    check_config(trainer_config)
+
+
 def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_dir: Path,
                  endpoints: Sequence[str], overrides: Sequence[str], resume: Path | None = None
                  ) -> list[str]:

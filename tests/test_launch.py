@@ -196,6 +196,17 @@ class Client(object):
 """
 
 
+def test_a_bad_trainer_override_is_refused_before_anything_starts(tmp_path):
+    runs = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "-m", "launch", "up", "run_name=t", f"runs_dir={runs}",
+                          "--", "ppo.n_stpes=64"], cwd=str(REPO_ROOT), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=60, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert out.returncode == 2, out.stdout
+    assert "bad trainer configuration: unknown key ppo.n_stpes" in out.stdout
+    assert not runs.exists(), "nothing is created before the trainer's config is known to be good"
+
+
 def test_restoring_async_mode_after_a_crash_runs_under_the_sim_python(tmp_path, sim_python):
     (tmp_path / "carla.py").write_text(FAKE_CARLA)
     log = tmp_path / "calls.jsonl"

@@ -208,7 +208,9 @@ def test_unfinished_multipart_messages_cannot_grow_the_sim_side(sim_side):
     sampler.join(5)
     assert trainer.error is None
     assert trainer.steps > steps_before + 10
-    assert sampler.peak - before < 64 * 1024 * 1024 + 100 * 1024 * 1024
+    # the contract (issue 9): a peer cannot raise the sim side's memory by more than 300 MB. The
+    # budget is 64 MB; the rest is what arrives while the guard waits for a CPU on a loaded machine.
+    assert sampler.peak - before < 300 * 1024 * 1024
 
 
 def test_raw_zmtp_peer_is_a_real_dealer(sim_side):
