@@ -239,6 +239,11 @@ class BuiltinWorld(WorldBackend):
         self._pace(started)
         return tick
 
+    @property
+    def route_projection(self) -> Optional[Projection]:
+        """The ego's projection onto the route at the current tick (None before the first reset)."""
+        return self._tracker.last if self._state is not None else None
+
     def _pace(self, started: float) -> None:
         """Sleeps until the tick that began at ``started`` has lasted ``tick_latency``."""
         remaining = started + self.tick_latency - time.monotonic()
