@@ -4,11 +4,11 @@ It reads only what every backend reports (location, yaw, speed) plus the circuit
 serves as a test oracle (a lap must be drivable), a benchmark load and an expert baseline.
 """
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from bridge.schema import VehicleControl
 from carla_client.builtin.road import Track
-from carla_client.builtin.route import RouteTracker
+from carla_client.builtin.route import Projection, RouteTracker
 from carla_client.builtin.vehicle import VehicleParams
 
 
@@ -36,18 +36,28 @@ class PurePursuit(object):
         """Forget the last position (call after the world resets)."""
         self._located = False
 
-    def control(self, measurements: Mapping[str, Any]) -> VehicleControl:
-        x, y = float(measurements["location"][0]), float(measurements["location"][1])
+    def control(self, measurements: Mapping[str, Any], projection: Optional[Projection] = None
+                ) -> VehicleControl:
+        """The control for these measurements.
+
+        Args:
+            measurements: location, yaw and speed of the car.
+            projection: the location's projection onto ``track.route`` when the caller already
+                has it (``BuiltinWorld.route_projection``); saves this driver's own search.
+        """
+        location = measurements["location"]
+        x, y = float(location[0]), float(location[1])
         yaw = math.radians(float(measurements["yaw"]))
         speed = float(measurements["speed"])
-        if self._located:
+        if projection is not None:
+            self._tracker.last = projection
+        elif self._located:
             projection = self._tracker.update(x, y)
         else:
             projection = self._tracker.locate(x, y)
-            self._located = True
+        self._located = True
         lookahead = min(15.0, max(5.0, 0.8 * speed + 3.0))
-        tx, ty, heading = (float(a[0]) for a in self.track.route.pose_at(
-            [projection.distance + lookahead]))
+        tx, ty, heading = self.track.route.pose_at_distance(projection.distance + lookahead)
         tx, ty = tx - self.offset * math.sin(heading), ty + self.offset * math.cos(heading)
         dx, dy = tx - x, ty - y
         forward = math.cos(yaw) * dx + math.sin(yaw) * dy

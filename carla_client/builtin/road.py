@@ -10,9 +10,10 @@ too short, too long, too tight or that come too close to themselves are redrawn 
 random stream, so a seed always gives the same circuit. The route is the right lane's centre line,
 driven counter-clockwise seen from above (the ego's lane is the outer one in the main curves).
 """
+import bisect
 import functools
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -89,6 +90,7 @@ class Lane(object):
         self._y_closed = np.append(self.y, self.y[0])
         for array in (self.x, self.y, self.segment, self.s, self.heading):
             array.flags.writeable = False
+        self._lists = None  # type: Optional[Tuple[List[float], ...]]
 
     def pose_at(self, distance: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positions and headings at arc lengths ``distance`` (any reals, wrapped per lap)."""
@@ -97,6 +99,22 @@ class Lane(object):
         y = np.interp(d, self.s, self._y_closed)
         heading = np.interp(d, self.s, self._heading_closed)
         return x, y, heading
+
+    def pose_at_distance(self, distance: float) -> Tuple[float, float, float]:
+        """``pose_at`` for one arc length, as floats: the same numbers (np.interp's formula) without
+        numpy's per-call overhead, for per-tick callers such as the autopilot."""
+        if self._lists is None:
+            self._lists = (self.s.tolist(), self._x_closed.tolist(), self._y_closed.tolist(),
+                           self._heading_closed.tolist())
+        s, xs, ys, headings = self._lists
+        d = float(distance) % self.length
+        j = min(bisect.bisect_right(s, d), len(s) - 1) - 1
+        if d == s[j + 1]:
+            return xs[j + 1], ys[j + 1], headings[j + 1]
+        step = d - s[j]
+        span = s[j + 1] - s[j]
+        return ((xs[j + 1] - xs[j]) / span * step + xs[j], (ys[j + 1] - ys[j]) / span * step + ys[j],
+                (headings[j + 1] - headings[j]) / span * step + headings[j])
 
     def distance_at_index(self, index: np.ndarray) -> np.ndarray:
         """Arc length at a fractional vertex index."""

@@ -233,6 +233,11 @@ class BuiltinWorld(WorldBackend):
         self._previous, self._events = previous, events
         return self._tick(previous, state, projection, events)
 
+    @property
+    def route_projection(self) -> Optional[Projection]:
+        """The ego's projection onto the route at the current tick (None before the first reset)."""
+        return self._tracker.last if self._state is not None else None
+
     def snapshot(self) -> "_Snapshot":
         """Everything a later tick depends on: ego, NPCs, route tracker, clock, random generator and
         the last tick's inputs (cameras are stateless and re-render from them).

@@ -129,6 +129,20 @@ class EpisodeWorld(object):
         self._collisions = {}  # type: Dict[str, float]
         self._frames = 0
         self._tick = None  # type: Optional[Tick]
+        self._lane_limits = self._lane_geometry()
+        # One Measurements message, refilled each frame: the bounding box never changes, and the
+        # nested messages are looked up once instead of per field (the bytes are the same).
+        self._measurements = schema.Measurements()
+        player = self._player = self._measurements.player_measurements
+        vehicle = world.vehicle
+        player.bounding_box.extent.x, player.bounding_box.extent.y = (vehicle.length / 2,
+                                                                      vehicle.width / 2)
+        player.bounding_box.extent.z = vehicle.height / 2
+        self._location = player.transform.location
+        self._rotation = player.transform.rotation
+        self._acceleration = player.acceleration
+        self._autopilot = player.autopilot_control
+        self._fov = [float(config.attr("fov", 90.0)) for _, _, config in settings.cameras]
 
     # -- the scene ---------------------------------------------------------------------------------
 
@@ -178,52 +192,56 @@ class EpisodeWorld(object):
         tick = self._tick
         assert tick is not None, "messages() before step()"
         m = tick.measurements
-        measurements = schema.Measurements(
-            platform_timestamp=int(time.time() * 1000) & 0xFFFFFFFF,
-            game_timestamp=int(round(self._frames * self.tick_seconds * 1000)) & 0xFFFFFFFF,
-            frame_number=frame_number)
-        player = measurements.player_measurements
-        x, y, z = (float(v) for v in m["location"])
-        player.transform.CopyFrom(schema.transform((x, y, z), (0.0, float(m["yaw"]), 0.0)))
-        yaw = math.radians(float(m["yaw"]))
-        vx, vy = float(m["velocity"][0]), float(m["velocity"][1])
+        measurements, player = self._measurements, self._player
+        measurements.platform_timestamp = int(time.time() * 1000) & 0xFFFFFFFF
+        measurements.game_timestamp = int(round(self._frames * self.tick_seconds * 1000)) & 0xFFFFFFFF
+        measurements.frame_number = frame_number
+        location, rotation = self._location, self._rotation
+        x, y, z = m["location"].tolist()
+        location.x, location.y, location.z = x, y, z
+        yaw_degrees = float(m["yaw"])
+        rotation.pitch, rotation.yaw, rotation.roll = 0.0, yaw_degrees, 0.0
+        yaw = math.radians(yaw_degrees)
+        vx, vy = m["velocity"].tolist()[:2]
         player.forward_speed = vx * math.cos(yaw) + vy * math.sin(yaw)
-        ax, ay, az = (float(v) for v in m["acceleration"])
-        player.acceleration.x, player.acceleration.y, player.acceleration.z = ax, ay, az
-        for field, value in self._collisions.items():
-            setattr(player, field, value)
+        acceleration = self._acceleration
+        acceleration.x, acceleration.y, acceleration.z = m["acceleration"].tolist()
+        collisions = self._collisions
+        player.collision_vehicles = collisions["collision_vehicles"]
+        player.collision_pedestrians = collisions["collision_pedestrians"]
+        player.collision_other = collisions["collision_other"]
         otherlane, offroad = self._lane_fractions(float(m["lateral_offset"]))
         player.intersection_otherlane, player.intersection_offroad = otherlane, offroad
-        auto = self._driver.control(m)
-        player.autopilot_control.steer, player.autopilot_control.throttle = auto.steer, auto.throttle
-        player.autopilot_control.brake = auto.brake
-        vehicle = self.world.vehicle
-        player.bounding_box.extent.x, player.bounding_box.extent.y = (vehicle.length / 2,
-                                                                      vehicle.width / 2)
-        player.bounding_box.extent.z = vehicle.height / 2
+        auto = self._driver.control(m, self.world.route_projection)
+        autopilot = self._autopilot
+        autopilot.steer, autopilot.throttle, autopilot.brake = auto.steer, auto.throttle, auto.brake
         if self.settings.send_agents:
+            del measurements.non_player_agents[:]
             self._add_agents(measurements)
         out = [measurements.SerializeToString()]
-        for sensor, image_type, config in self.settings.cameras:
+        for (sensor, image_type, config), fov in zip(self.settings.cameras, self._fov):
             image = tick.observation[sensor.name]
             if config.type == CAMERA_DEPTH:
                 image = depth_to_bgra(image)
             elif config.type == CAMERA_SEMANTIC:
                 image = labels_to_bgra(TAGS_084[image])
-            out.append(encode_camera(self.sensor_ids[sensor.name], frame_number, image_type,
-                                     float(config.attr("fov", 90.0)), image))
+            out.append(encode_camera(self.sensor_ids[sensor.name], frame_number, image_type, fov,
+                                     image))
         return out
+
+    def _lane_geometry(self) -> Tuple[float, float, float]:
+        params = self.world.track.params
+        return self.world.vehicle.width / 2, params.lane_width / 2, params.half_width
 
     def _lane_fractions(self, lateral: float) -> Tuple[float, float]:
         """The car's width fraction on the other lane and off the road (its heading ignored)."""
-        params = self.world.track.params
-        half_car = self.world.vehicle.width / 2
-        centre = lateral + params.lane_width / 2  # from the road's centre line, right positive
+        half_car, half_lane, half_road = self._lane_limits
+        centre = lateral + half_lane  # from the road's centre line, right positive
         left, right = centre - half_car, centre + half_car
         width = 2 * half_car
-        otherlane = _overlap(left, right, -params.half_width, 0.0) / width
-        offroad = (_overlap(left, right, -1e9, -params.half_width)
-                   + _overlap(left, right, params.half_width, 1e9)) / width
+        otherlane = _overlap(left, right, -half_road, 0.0) / width
+        offroad = (_overlap(left, right, -1e9, -half_road)
+                   + _overlap(left, right, half_road, 1e9)) / width
         return otherlane, min(1.0, offroad)
 
     def _add_agents(self, measurements: Any) -> None:

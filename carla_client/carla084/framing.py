@@ -17,11 +17,16 @@ from carla_client.carla084.errors import (LegacyConnectionError, LegacyProtocolE
 _LENGTH = struct.Struct("<L")
 #: largest message accepted: a 4K BGRA camera frame (3840 x 2160 x 4 bytes) plus headers, rounded up.
 MAX_MESSAGE = 40 << 20
-_CHUNK = 1 << 20
+#: free bytes the receive buffer offers each read (it grows to hold a longer message whole).
+_MIN_ROOM = 1 << 16
 
 
 class FramedSocket(object):
     """One TCP connection carrying length-prefixed messages.
+
+    The socket stays non-blocking; waits go through ``select`` with the caller's deadline. Reads
+    land in a preallocated buffer (``recv_into``), so a frame costs one system call to wait, one to
+    read, and one copy per message out of the buffer.
 
     Args:
         sock: a connected socket (this object owns it).
@@ -33,7 +38,10 @@ class FramedSocket(object):
         self._sock = sock  # type: Optional[socket.socket]
         self.name = name
         self.max_message = max_message
-        self._buffer = bytearray()
+        self._buffer = bytearray(2 * _MIN_ROOM)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0  # unread bytes are _buffer[_start:_end]
+        sock.settimeout(0.0)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small control messages
 
@@ -88,14 +96,32 @@ class FramedSocket(object):
         parts = []  # type: List[bytes]
         for payload in payloads:
             parts += (_LENGTH.pack(len(payload)), payload)
+        data = b"".join(parts)
         try:
-            sock.settimeout(timeout)
-            sock.sendall(b"".join(parts))
-        except socket.timeout as e:
-            raise LegacyTimeoutError("{}: could not write for {:g} s: the peer stopped reading"
-                                     .format(self.name, timeout)) from e
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
         except OSError as e:
             raise LegacyConnectionError("{}: write failed: {}".format(self.name, e)) from e
+        if sent < len(data):
+            self._send_rest(sock, memoryview(data)[sent:], timeout)
+
+    def _send_rest(self, sock: socket.socket, rest: memoryview, timeout: float) -> None:
+        """Writes what the first send() left as the peer reads, within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while len(rest):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LegacyTimeoutError("{}: could not write for {:g} s: the peer stopped reading"
+                                         .format(self.name, timeout))
+            try:
+                _, writable, _ = select.select([], [sock], [], remaining)
+                if writable:
+                    rest = rest[sock.send(rest):]
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise LegacyConnectionError("{}: write failed: {}".format(self.name, e)) from e
 
     def recv(self, timeout: float) -> bytes:
         """Reads one message (b"" for a zero-length one).
@@ -105,15 +131,18 @@ class FramedSocket(object):
             LegacyConnectionError: the peer closed the connection.
             LegacyProtocolError: a length beyond ``max_message``.
         """
+        message = self._take()
+        if message is not None:
+            return message
         deadline = time.monotonic() + timeout
         while True:
-            message = self._take()
-            if message is not None:
-                return message
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LegacyTimeoutError("{}: no message within {:g} s".format(self.name, timeout))
             self._fill(remaining)
+            message = self._take()
+            if message is not None:
+                return message
 
     def poll(self) -> Optional[bytes]:
         """A message if one has fully arrived, else None; never blocks."""
@@ -123,33 +152,64 @@ class FramedSocket(object):
             message = self._take()
         return message
 
+    def buffered(self) -> Optional[bytes]:
+        """A message already read from the socket, else None; no system call."""
+        return self._take()
+
     def _take(self) -> Optional[bytes]:
-        buffer = self._buffer
-        if len(buffer) < 4:
+        start = self._start
+        available = self._end - start
+        if available < 4:
             return None
-        length = _LENGTH.unpack_from(buffer)[0]
+        length = _LENGTH.unpack_from(self._buffer, start)[0]
         if length > self.max_message:
             self.close()
             raise LegacyProtocolError("{}: message of {} bytes exceeds the limit of {}".format(
                 self.name, length, self.max_message))
-        if len(buffer) < 4 + length:
+        if available < 4 + length:
             return None
-        message = bytes(buffer[4:4 + length])
-        del buffer[:4 + length]
+        end = start + 4 + length
+        message = bytes(self._view[start + 4:end])
+        if end == self._end:
+            self._start = self._end = 0
+        else:
+            self._start = end
         return message
 
+    def _reserve(self) -> None:
+        """Frees room after the unread bytes: at least _MIN_ROOM, or the rest of a long message."""
+        start, end, size = self._start, self._end, len(self._buffer)
+        unread = end - start
+        want = _MIN_ROOM
+        if unread >= 4:  # _take() has checked this length against max_message
+            want = max(want, 4 + _LENGTH.unpack_from(self._buffer, start)[0] - unread)
+        if size - end >= want:
+            return
+        if size - unread >= want:  # moving the unread bytes to the front makes room
+            self._view[:unread] = bytes(self._view[start:end])
+        else:
+            grown = bytearray(max(2 * size, unread + want))
+            grown[:unread] = self._view[start:end]
+            self._buffer, self._view = grown, memoryview(grown)
+        self._start, self._end = 0, unread
+
     def _fill(self, timeout: float) -> None:
+        """Reads what has arrived, waiting up to ``timeout`` seconds for something to arrive."""
         sock = self._live()
         try:
-            ready, _, _ = select.select([sock], [], [], max(0.0, timeout))
-            if not ready:
-                return
-            chunk = sock.recv(_CHUNK)
+            if timeout > 0:
+                ready, _, _ = select.select([sock], [], [], timeout)
+                if not ready:
+                    return
+            self._reserve()
+            received = sock.recv_into(self._view[self._end:])
+        except BlockingIOError:
+            return
         except OSError as e:
             raise LegacyConnectionError("{}: read failed: {}".format(self.name, e)) from e
-        if not chunk:
+        if not received:
             raise LegacyConnectionError("{}: connection closed by the peer".format(self.name))
-        self._buffer += chunk
+        self._end += received
 
     def close(self) -> None:
         """Closes the connection. Idempotent."""
@@ -159,6 +219,8 @@ class FramedSocket(object):
             finally:
                 self._sock = None
                 self._buffer = bytearray()
+                self._view = memoryview(self._buffer)
+                self._start = self._end = 0
 
     def __enter__(self) -> "FramedSocket":
         return self

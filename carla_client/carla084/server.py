@@ -58,14 +58,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _clip(value: float, low: float, high: float) -> float:
+    """``value`` within [low, high]; NaN -> 0."""
+    return (low if value < low else high if value > high else value) if value == value else 0.0
+
+
 def _to_control(message: Any) -> VehicleControl:
     """A Control message as our VehicleControl, values clipped to their ranges (NaN -> 0)."""
-    def clip(value: float, low: float, high: float) -> float:
-        value = float(value)
-        return min(high, max(low, value)) if value == value else 0.0
-    return VehicleControl(throttle=clip(message.throttle, 0.0, 1.0),
-                          steer=clip(message.steer, -1.0, 1.0), brake=clip(message.brake, 0.0, 1.0),
-                          hand_brake=bool(message.hand_brake), reverse=bool(message.reverse))
+    return VehicleControl(_clip(message.throttle, 0.0, 1.0), _clip(message.steer, -1.0, 1.0),
+                          _clip(message.brake, 0.0, 1.0), bool(message.hand_brake),
+                          bool(message.reverse))
 
 
 class Carla084Server(object):
@@ -225,8 +227,7 @@ class Carla084Server(object):
             self.frame_number += 1
             if stream is not None:
                 stream = self._send_frame(stream, episode.messages(self.frame_number))
-            self._check_world(world)
-            if synchronous and control is not None:
+            if synchronous and control is not None:  # _wait_control watches the world port
                 newest = self._wait_control(world, control)
                 if newest is _CLOSED:
                     logger.info("the client closed the control connection: running freely")
@@ -245,6 +246,7 @@ class Carla084Server(object):
                 else:
                     applied = newest
                 continue
+            self._check_world(world)
             next_frame += self.tick_seconds  # asynchronous: frames at the tick rate, real time
             ready = self._select([world], max(0.0, next_frame - time.monotonic()))
             if ready:
@@ -268,37 +270,51 @@ class Carla084Server(object):
         stream.close()
         return None
 
-    def _newest(self, control: FramedSocket) -> Optional[VehicleControl]:
-        """The newest complete Control already received (None if none); older ones are dropped."""
+    def _newest(self, control: FramedSocket, read: bool = True) -> Optional[VehicleControl]:
+        """The newest complete Control received (None if none); older ones are dropped.
+
+        ``read``: first read what has arrived on the socket (never blocking); otherwise look only
+        at what earlier reads left in the buffer (no system call).
+        """
         newest = None
-        while True:
-            message = control.poll()
-            if message is None:
-                return newest
+        message = control.poll() if read else control.buffered()
+        while message is not None:
             parsed = schema.Control()
             try:
                 parsed.ParseFromString(message)
+                newest = _to_control(parsed)
             except DecodeError:
                 logger.warning("dropping an unparsable Control message")
-                continue
-            newest = _to_control(parsed)
+            message = control.buffered()
+        return newest
 
     def _wait_control(self, world: FramedSocket, control: FramedSocket) -> Any:
-        """This frame's control: a VehicleControl, None after ServerTimeOut, or _CLOSED."""
+        """This frame's control: a VehicleControl, None after ServerTimeOut, or _CLOSED.
+
+        A message on the world port meanwhile (the next RequestNewEpisode) raises _NewRequest.
+        """
+        try:
+            newest = self._newest(control, read=False)
+        except LegacyConnectionError:
+            return _CLOSED
+        if newest is not None:  # it came ahead of this frame: no wait, but look at the world port
+            self._check_world(world)
+            return newest
         deadline = time.monotonic() + self.server_timeout
         while True:
-            try:
-                newest = self._newest(control)
-            except LegacyConnectionError:
-                return _CLOSED
-            if newest is not None:
-                return newest
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             ready = self._select([control, world], remaining)
             if world in ready:
                 self._check_world(world)
+            if control in ready:
+                try:
+                    newest = self._newest(control)
+                except LegacyConnectionError:
+                    return _CLOSED
+                if newest is not None:
+                    return newest
 
     def _end_episode(self) -> None:
         """Closes the stream and control listeners and connections (a new request does)."""

@@ -233,6 +233,25 @@ def test_pure_pursuit_drives_a_clean_lap(seed):
     assert len(ticks) * DT >= world.track.length / 9.0
 
 
+def test_the_scalar_route_pose_is_pose_at_to_the_bit():
+    route = BuiltinWorld(sensors=STATE_ONLY, seed=4).track.route
+    distances = list(np.random.RandomState(1).uniform(-2, 3, 2000) * route.length)
+    distances += [0.0, route.length, 2 * route.length, -1e-20, float(route.s[7])]
+    for distance in distances:
+        expected = tuple(float(a[0]) for a in route.pose_at(np.array([distance])))
+        assert route.pose_at_distance(distance) == expected
+
+
+def test_pure_pursuit_given_the_worlds_projection_drives_the_same():
+    world = BuiltinWorld(sensors=STATE_ONLY, seed=2)
+    own, given_ = (PurePursuit(world.track, world.vehicle, target_speed=9.0) for _ in range(2))
+    tick = world.reset(seed=0)
+    for _ in range(400):
+        control = own.control(tick.measurements)
+        assert given_.control(tick.measurements, world.route_projection) == control
+        tick = world.step(control)
+
+
 def test_route_distance_keeps_counting_past_the_start_line():
     world = BuiltinWorld(sensors=STATE_ONLY, seed=2)
     driver = PurePursuit(world.track, world.vehicle, target_speed=12.0)

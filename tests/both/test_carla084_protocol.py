@@ -98,6 +98,30 @@ def test_a_message_arriving_in_pieces_is_reassembled(pair):
     thread.join(5)
 
 
+def test_mixed_sizes_and_batches_cross_intact_through_the_reused_buffer(pair):
+    left, right = pair
+    rng = np.random.RandomState(0)
+    sizes = [0, 1, 3, 4, 70000, 0, 300000] + list(rng.randint(0, 40000, size=60)) + [2 << 20, 5]
+    payloads = [bytes(rng.randint(0, 256, size=int(n), dtype=np.uint8)) for n in sizes]
+    batches = [payloads[i:i + 7] for i in range(0, len(payloads), 7)]
+    thread = threading.Thread(target=lambda: [left.send_many(b, 5.0) for b in batches])
+    thread.start()
+    received = []
+    while len(received) < len(payloads):
+        message = right.poll() if len(received) % 3 else right.recv(5.0)
+        if message is not None:
+            received.append(message)
+    thread.join(5)
+    assert received == payloads
+    assert right.poll() is None
+
+
+def test_a_write_the_peer_never_reads_times_out(pair):
+    left, _ = pair
+    with pytest.raises(LegacyTimeoutError, match="stopped reading"):
+        left.send(b"x" * (16 << 20), 0.2)
+
+
 def test_timeout_close_and_oversize_are_typed_errors(pair):
     left, right = pair
     with pytest.raises(LegacyTimeoutError) as info:
