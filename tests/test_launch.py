@@ -216,11 +216,17 @@ def test_a_sim_ray_restarted_on_another_node_is_written_to_the_endpoints_file(tm
     first = ["tcp://10.0.0.1:5556", "tcp://10.0.0.2:5557"]
     placement._ray, placement.pids = Ray, [11, 12]
     placement._first, placement._current = list(first), list(first)
-    placement.actors = [Actor((11, first[0])), Actor((22, "tcp://10.0.0.3:5557"))]
+    placement._nodes, placement._restarts = ["node-a-id", "node-b-id"], [0, 0]
+    placement.actors = [Actor((11, first[0], "node-a-id")),
+                        Actor((22, "tcp://10.0.0.3:5557", "node-c-id"))]
     for _ in range(2):  # the first pass asks, the second reads the answers
         placement._next_watch = 0.0
         placement.watch()
     assert placement.pids == [11, 22] and recorded == [("carla_client-1", 22)]
+    rows = placement.remote_rows()  # what the console shows
+    assert [(r.name, r.state, r.restarts, r.ok) for r in rows] == [
+        ("carla_client-0", f"{first[0]} on node node-a-i", 0, True),
+        ("carla_client-1", "tcp://10.0.0.3:5557 on node node-c-i", 1, True)]
     assert placement.endpoints() == first  # what the trainer was given stays its key
     moves = json.loads(placement.endpoints_file().read_text())["endpoints"]
     assert moves == {first[0]: first[0], first[1]: "tcp://10.0.0.3:5557"}
