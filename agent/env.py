@@ -42,6 +42,8 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True,
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+#: info keys of the reward terms, made once (end_step runs every env step).
+_REWARD_KEYS = {t: f"reward_{t}" for t in TERMS}
 #: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
 RESET_ATTEMPTS = 3
 
@@ -426,7 +428,7 @@ class CarlaBridgeEnv(gym.Env):
         info: dict[str, Any] = {
             "frame": self.sim_frame - self._start_frame,
             "sim_time": round(float(reply.sim_time) - self._start_time, 6),
-            **{f"reward_{t}": float(v) for t, v in terms.items()},
+            **{_REWARD_KEYS[t]: float(v) for t, v in terms.items()},
             "route_completion": completion, "lap_completed": lap_completed,
             "speed": float(m["speed"]), "lateral_offset": float(m["lateral_offset"]),
             "collisions": collisions, "lane_invasions": invasions, "late_events": late_events,
