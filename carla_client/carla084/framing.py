@@ -152,6 +152,13 @@ class FramedSocket(object):
             message = self._take()
         return message
 
+    def readable(self) -> bool:
+        """Whether a read would return at once (data, or the peer's close); never blocks."""
+        if self._end - self._start:
+            return True
+        ready, _, _ = select.select([self._live()], [], [], 0)
+        return bool(ready)
+
     def buffered(self) -> Optional[bytes]:
         """A message already read from the socket, else None; no system call."""
         return self._take()
