@@ -1,6 +1,7 @@
 """The env's action space, built from the action fields the sim announces, and its mapping to controls."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -59,6 +60,10 @@ class ActionMapping:
             low, high = [steer[0], throttle[0], brake[0]], [steer[1], throttle[1], brake[1]]
         self.space = spaces.Box(np.array(low, np.float32), np.array(high, np.float32),
                                 dtype=np.float32)
+        # The hot path (every env step) works on Python floats: for 2-3 values that is several
+        # times cheaper than numpy's per-call overhead, with the same float64 arithmetic.
+        self._low, self._high = self.space.low.tolist(), self.space.high.tolist()
+        self._driven_bounds = tuple(self._bounds[n] for n in DRIVEN_FIELDS)
 
     def control(self, action: Any) -> dict[str, Any]:
         """Checks ``action`` and returns the full control map (Python scalars, every announced field).
@@ -69,21 +74,23 @@ class ActionMapping:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != self.space.shape:
             raise ValueError(f"action must have shape {self.space.shape}, got {np.shape(action)}")
-        if not np.all(np.isfinite(a)):
+        values = a.tolist()
+        if not all(map(math.isfinite, values)):
             raise ValueError(f"action contains NaN or infinity: {action!r}")
-        low, high = self.space.low, self.space.high
-        if np.any(a < low) or np.any(a > high):
+        low, high = self._low, self._high
+        clipped = [min(max(v, lo), hi) for v, lo, hi in zip(values, low, high)]
+        if clipped != values:
             if self.out_of_range == "raise":
-                raise ValueError(f"action {a.tolist()} is outside [{low.tolist()}, {high.tolist()}]")
-            a = np.clip(a, low, high)
+                raise ValueError(f"action {values} is outside [{low}, {high}]")
+            values = clipped
         if self.mode == "2d":
-            driven = {"steer": a[0], "throttle": max(a[1], 0.0), "brake": max(-a[1], 0.0)}
+            driven = (values[0], max(values[1], 0.0), max(-values[1], 0.0))
         else:
-            driven = dict(zip(("steer", "throttle", "brake"), a))
-        control = dict(self._neutral)
-        for name, value in driven.items():  # bounds: float32 space bounds may overshoot by an ulp
-            lo, hi = self._bounds[name]
-            control[name] = min(max(float(value), lo), hi)
+            driven = values
+        control = self._neutral.copy()
+        # bounds: float32 space bounds may overshoot the announced ones by an ulp
+        for name, value, (lo, hi) in zip(DRIVEN_FIELDS, driven, self._driven_bounds):
+            control[name] = min(max(value, lo), hi)
         return control
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import logging
 import math
 import threading
@@ -41,6 +42,8 @@ def make_client(endpoint: str, timeout: float = 10.0, use_shm: bool = True,
 #: bridge failures after which a reconnect may help (the sim side restarted or hung). A timeout
 #: reported *by* the sim side (RemoteTimeoutError) is not one of them: the session is fine.
 RECONNECTABLE = (BridgeTimeoutError, PeerDisconnectedError, SessionError)
+#: info keys of the reward terms, made once (end_step runs every env step).
+_REWARD_KEYS = {t: f"reward_{t}" for t in TERMS}
 #: resets tried when the sim side reports it could not finish one (EPISODE_ENDING_REMOTE_ERRORS).
 RESET_ATTEMPTS = 3
 
@@ -49,6 +52,18 @@ RESET_ATTEMPTS = 3
 _SNAPSHOT_ATTRIBUTES = ("_measurements", "_encoder", "_last_obs", "_last_frame", "_episode",
                         "_steps", "_last_completion", "_start_frame", "_start_time", "sim_frame",
                         "_np_random")
+
+
+def current_endpoint(path: str, first: str) -> str | None:
+    """Where the sim first reached at ``first`` answers now, per the endpoints file at ``path``;
+    None when the file is missing, being replaced or does not name it (the old endpoint stays)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            moved = json.load(f).get("endpoints", {}).get(first)
+    except (OSError, ValueError, AttributeError) as e:
+        log.debug("endpoints file %s unreadable: %s", path, e)
+        return None
+    return moved if isinstance(moved, str) else None
 
 
 class EnvSnapshot:
@@ -135,6 +150,9 @@ class CarlaBridgeEnv(gym.Env):
         client_factory: builds the client (tests); defaults to ``make_client(endpoint, ...)``.
         curve: a CurveZMQ key directory (``python -m bridge.keys DIR``) for a sim side started with
             ``--curve``: its ``server.key`` and ``client.key_secret`` are used.
+        endpoints_file: a JSON file ``{"endpoints": {first endpoint: current endpoint}}`` that says
+            where a sim that moved answers now (``launch up cluster=ray cluster.bind=node`` writes
+            it when Ray restarts a sim on another node); read before each reconnect attempt.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -149,7 +167,8 @@ class CarlaBridgeEnv(gym.Env):
                  reconnect: bool = False, reconnect_timeout: float = 60.0,
                  reset_options: dict[str, Any] | None = None, lead_vehicle: bool = False,
                  render_mode: str | None = None,
-                 client_factory: Callable[[], Any] | None = None, curve: str | None = None) -> None:
+                 client_factory: Callable[[], Any] | None = None, curve: str | None = None,
+                 endpoints_file: str | None = None) -> None:
         if action_mode not in ("2d", "3d"):  # checked again by ActionMapping, but before connecting
             raise ValueError(f"action_mode must be '2d' or '3d', got {action_mode!r}")
         if out_of_range not in ("clip", "raise"):
@@ -173,8 +192,10 @@ class CarlaBridgeEnv(gym.Env):
         self.reconnect_timeout = reconnect_timeout
         self.reset_options = dict(reset_options or {})
         self.render_mode = render_mode
-        self._client_factory = client_factory or (
-            lambda: make_client(endpoint, timeout=timeout, use_shm=use_shm, curve=curve))
+        self.first_endpoint = endpoint
+        self.endpoints_file = endpoints_file
+        self._client_factory = client_factory or (  # self.endpoint: a moved sim's new address
+            lambda: make_client(self.endpoint, timeout=timeout, use_shm=use_shm, curve=curve))
         self._client: Any = None
         self._closed = False
 
@@ -249,6 +270,7 @@ class CarlaBridgeEnv(gym.Env):
         cancelled = cancelled or threading.Event()
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
+            self._follow_endpoint()
             try:
                 info = self._connect()
             except SessionBusyError:
@@ -263,6 +285,16 @@ class CarlaBridgeEnv(gym.Env):
                                 "the env's spaces no longer match it") from cause
             self.server_info = info
             return
+
+    def _follow_endpoint(self) -> None:
+        """Takes the sim's current endpoint from ``endpoints_file``, if it names one."""
+        if self.endpoints_file is None:
+            return
+        moved = current_endpoint(self.endpoints_file, self.first_endpoint)
+        if moved and moved != self.endpoint:
+            log.warning("the sim of %s moved to %s (%s): reconnecting there", self.first_endpoint,
+                        moved, self.endpoints_file)
+            self.endpoint = moved
 
     @property
     def client(self) -> Any:
@@ -396,7 +428,7 @@ class CarlaBridgeEnv(gym.Env):
         info: dict[str, Any] = {
             "frame": self.sim_frame - self._start_frame,
             "sim_time": round(float(reply.sim_time) - self._start_time, 6),
-            **{f"reward_{t}": float(v) for t, v in terms.items()},
+            **{_REWARD_KEYS[t]: float(v) for t, v in terms.items()},
             "route_completion": completion, "lap_completed": lap_completed,
             "speed": float(m["speed"]), "lateral_offset": float(m["lateral_offset"]),
             "collisions": collisions, "lane_invasions": invasions, "late_events": late_events,

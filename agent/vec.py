@@ -151,7 +151,9 @@ class BridgeVecEnv(VecEnv):
         self._send_errors: list[BaseException | None] = [None] * n
         self._recoveries: list[_Recovery | None] = [None] * n
         self._waiting = False
-        self._poller: zmq.Poller | None = None
+        # The reply sockets of the envs waited on, kept registered from one step to the next
+        # (re-registering N sockets every step costs more than checking that nothing changed).
+        self._poller = zmq.Poller()
         self._owner: dict[zmq.Socket, int] = {}
         self._socketless: set[int] = set()
         self._episode_returns = np.zeros(n)
@@ -235,21 +237,21 @@ class BridgeVecEnv(VecEnv):
         errors: list[BaseException] = []
         out = (rewards, dones, infos, errors)
         pending: dict[int, str] = {}  # env index -> the command whose tick we wait for
-        self._poller, self._owner, self._socketless = zmq.Poller(), {}, set()
         try:
             for index, control in enumerate(self._controls):
                 if self._send_errors[index] is not None:
                     self._fail(index, self._send_errors[index], out, episode_over=False)
                 elif control is not None:
                     pending[index] = "step"
-                    self._watch(index)
                 else:
                     self._poll_recovery(index, out)
+            self._watch_only(pending)
             while pending:
                 # in-process clients have no sockets: nothing to wait for, take their ticks now
                 wait_ms = 0 if not self._socketless.isdisjoint(pending) else _POLL_SLICE_MS
                 fired = {self._owner[sock] for sock, _ in self._poller.poll(wait_ms)}
-                # nothing fired: a slice passed, so look at every client (its deadline may be due)
+                # nothing fired: a slice passed, so look at every client (its deadline may be due, or
+                # its connection dropped: recv_tick checks the monitor, which is not polled here)
                 for index in sorted(fired or set(pending)):
                     if index in pending:
                         self._collect(index, pending, out)
@@ -258,7 +260,6 @@ class BridgeVecEnv(VecEnv):
         finally:
             self._waiting = False
             self._controls = [None] * n
-            self._poller, self._owner, self._socketless = None, {}, set()
         if errors:
             raise errors[0]
         return self._obs_from_buf(), rewards, dones, infos
@@ -307,19 +308,32 @@ class BridgeVecEnv(VecEnv):
             pass
 
     # ---------------------------------------------------------------- stepping
-    def _watch(self, index: int) -> None:
-        assert self._poller is not None
-        sockets = self.envs[index].client.wait_sockets
-        if not sockets:
-            self._socketless.add(index)
-        for sock in sockets:
-            self._poller.register(sock, zmq.POLLIN)
-            self._owner[sock] = index
+    def _watch_only(self, indices: Any) -> None:
+        """Makes the poller hold exactly the wait sockets of envs ``indices`` (usually it does)."""
+        wanted: dict[zmq.Socket, int] = {}
+        self._socketless = set()
+        for index in indices:
+            sockets = self.envs[index].client.wait_sockets
+            if not sockets:
+                self._socketless.add(index)
+            for sock in sockets:
+                wanted[sock] = index
+        if wanted == self._owner:
+            return
+        for sock, index in list(self._owner.items()):
+            if wanted.get(sock) != index:
+                del self._owner[sock]
+                self._poller.unregister(sock)
+        for sock, index in wanted.items():
+            if sock not in self._owner:
+                self._poller.register(sock, zmq.POLLIN)
+                self._owner[sock] = index
 
     def _unwatch(self, index: int) -> None:
-        assert self._poller is not None
-        for sock in self.envs[index].client.wait_sockets:
-            if self._owner.pop(sock, None) is not None:
+        """Stops polling env ``index``'s sockets (before its client is replaced or closed)."""
+        for sock, owner in list(self._owner.items()):
+            if owner == index:
+                del self._owner[sock]
                 self._poller.unregister(sock)
 
     def _collect(self, index: int, pending: dict[int, str], out: tuple) -> None:
@@ -382,6 +396,7 @@ class BridgeVecEnv(VecEnv):
         if not self.reconnect:
             errors.append(error)
             return
+        self._unwatch(index)  # the reconnect thread closes this client's sockets
         env = self.envs[index]
         log.warning("env %d: the sim at %s failed (%s: %s); reconnecting in the background while "
                     "the other envs step on", index, env.endpoint, type(error).__name__, error)

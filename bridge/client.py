@@ -332,11 +332,15 @@ class BridgeClient(object):
 
     @property
     def wait_sockets(self) -> Tuple[zmq.Socket, ...]:
-        """The sockets that become readable when ``recv_tick(block=False)`` has news: a reply, or a
-        connection event. Register them (POLLIN) with a zmq.Poller to wait on many clients at once."""
+        """The socket that becomes readable when the reply arrives: register it (POLLIN) with a
+        zmq.Poller to wait on many clients at once. A dropped connection or a passed deadline is
+        noticed by ``recv_tick(block=False)`` itself, so call it on every waiting client whenever
+        a poll slice (say 100 ms) ends with nothing readable, as ``recv_tick`` itself polls the
+        connection monitor between 50 ms slices. (Polling the monitor sockets too would double
+        the sockets every poll looks at, on every reply.)"""
         if self.closed:
             return ()
-        return (self._socket, self._monitor.socket)
+        return (self._socket,)
 
     def snapshot(self) -> str:
         """Saves the world's full current state on the sim side and returns its opaque token.
@@ -554,8 +558,11 @@ class BridgeClient(object):
             # dropped connection is still noticed within one slice.)
             # A reply already here when the deadline passes still counts (a caller that polls
             # many clients may look late); only its absence is a timeout.
-            wait = max(0.0, min(remaining, _LIVENESS_SLICE_SECONDS)) if block else 0
-            if self._socket.poll(wait * 1000):
+            if block:
+                ready = self._socket.poll(max(0.0, min(remaining, _LIVENESS_SLICE_SECONDS)) * 1000)
+            else:  # (Socket.poll builds a zmq.Poller per call; reading EVENTS is no syscall)
+                ready = self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            if ready:
                 reply = self._receive(seq)
                 if reply is None or reply.get("seq") != seq:
                     logger.debug("dropping stale reply %r while waiting for %d",

@@ -13,7 +13,7 @@ object and structured dtypes are refused on both sides, which is what keeps the 
 docs/PROTOCOL.md has the byte-level description.
 """
 import re
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import msgpack
 import numpy as np
@@ -45,7 +45,15 @@ def check_array_dtype(dtype: np.dtype) -> None:
             "on the wire (object arrays would need pickle, which the bridge never uses)".format(dtype))
 
 
+#: dtypes already checked, by wire string: at most the few dozen strings _WIRE_DTYPE accepts.
+_CHECKED_DTYPES = {}  # type: Dict[str, np.dtype]
+
+
 def _wire_dtype(text: Any) -> np.dtype:
+    if type(text) is str:  # every reply repeats the same few dtypes: check each once
+        dtype = _CHECKED_DTYPES.get(text)
+        if dtype is not None:
+            return dtype
     if not isinstance(text, str) or not _WIRE_DTYPE.match(text):
         raise ProtocolError("bad array dtype on the wire: {}".format(quote(text)))
     try:
@@ -53,6 +61,7 @@ def _wire_dtype(text: Any) -> np.dtype:
     except TypeError as e:
         raise ProtocolError("bad array dtype on the wire: {}".format(quote(text))) from e
     check_array_dtype(dtype)
+    _CHECKED_DTYPES[text] = dtype
     return dtype
 
 

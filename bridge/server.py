@@ -42,6 +42,11 @@ class SessionHandler(object):
         Optionally ``"step_budget_seconds"``: the most a reset or step may take on this side (a
         CARLA tick plus its sensors' data), announced in ``hello`` so that the trainer's request
         timeout exceeds it.
+
+        Optionally ``"tick_latency_seconds"``: the least wall time a reset or step lasts, from the
+        arrival of its request to the departure of its reply: the server sleeps what decoding, the
+        world and encoding leave of it. It emulates a simulator whose tick is bound by GPU
+        rendering, which overlaps the sim side's CPU work (the built-in world's --tick-latency-ms).
         """
         raise NotImplementedError
 
@@ -182,6 +187,7 @@ class BridgeServer(object):
         self.spec = description["spec"]  # type: WorldSpec
         budget = description.get("step_budget_seconds")
         self.step_budget = float(budget) if budget is not None else None  # type: Optional[float]
+        self.tick_latency = float(description.get("tick_latency_seconds") or 0.0)
         self.can_snapshot = bool(description.get("snapshot", False))
         self.deterministic = bool(description.get("deterministic", False))
         self.sim_settings = dict(description.get("settings") or {})
@@ -195,6 +201,7 @@ class BridgeServer(object):
         self.sessions_served = 0
         self.requests_served = 0
         self._request_fd = None  # type: Optional[int]
+        self._request_arrived = 0.0  # time.monotonic() when the request being handled was seen
         self._request_user = ""
         self._rejections = _LogLimiter()
         self._encoder = Encoder()
@@ -237,6 +244,7 @@ class BridgeServer(object):
         self._expire_silent_session()
         if not self._socket.poll(timeout * 1000):
             return False
+        self._request_arrived = time.monotonic()
         frames, dropped = self._receive()
         self._handle(frames, dropped)
         return True
@@ -309,19 +317,24 @@ class BridgeServer(object):
             if command in protocol.SESSION_COMMANDS and self.session is not None:
                 self.session.last_seen = time.monotonic()  # a slow handler is not a silent trainer
             reply = {"seq": seq, "ok": True, "body": result}
-            use_shm = (command in (protocol.RESET, protocol.STEP) and request.get("shm") is True
-                       and self.session is not None and self.session.shm is not None)
+            tick = command in (protocol.RESET, protocol.STEP)
+            use_shm = (tick and request.get("shm") is True and self.session is not None
+                       and self.session.shm is not None)
+            not_before = self._request_arrived + self.tick_latency if tick else 0.0
         except Exception as e:  # every failure becomes an error reply; the server stays up
             self._log_failure(e)
             if seq is None and body_frames:
                 seq = peek_seq(body_frames[0])
             reply = _error_reply(seq, e)
             use_shm = False
-        self._send(peer, envelope, reply, use_shm)
+            not_before = 0.0
+        self._send(peer, envelope, reply, use_shm, not_before)
         self.requests_served += 1
 
-    def _send(self, peer: bytes, envelope: List[bytes], reply: Dict[str, Any], use_shm: bool
-              ) -> None:
+    def _send(self, peer: bytes, envelope: List[bytes], reply: Dict[str, Any], use_shm: bool,
+              not_before: float = 0.0) -> None:
+        """Encodes ``reply`` and sends it, not before ``not_before`` (time.monotonic()): the
+        emulated tick latency is slept once the reply is ready, so it covers all the work."""
         try:
             if use_shm:
                 writer = self.session.shm
@@ -336,6 +349,9 @@ class BridgeServer(object):
             logger.error("cannot send reply: %s", truncate(str(e), protocol.MAX_ERROR_MESSAGE_CHARS))
             frames = self._encoder.encode(_error_reply(reply.get("seq"), ProtocolError(
                 "sim side produced an unsendable reply: {}".format(e))))
+        remaining = not_before - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
         send_frames(self._socket, [peer] + envelope + frames)
 
     def _log_failure(self, error: Exception) -> None:

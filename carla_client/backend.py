@@ -25,6 +25,10 @@ class WorldBackend(object):
     deterministic = False
     #: True when ``snapshot``/``restore`` save and restore the full state (announced in hello).
     supports_snapshot = False
+    #: seconds of wall time every served reset and step lasts at least, from its request's arrival
+    #: to its reply's departure: an emulated GPU-bound tick (the built-in world's
+    #: ``--tick-latency-ms``); bridge.server sleeps what the work leaves. 0: as fast as it goes.
+    tick_latency = 0.0
 
     def settings(self) -> Dict[str, Any]:
         """What it takes to build this world again (JSON-able; announced in hello as

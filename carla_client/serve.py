@@ -34,6 +34,8 @@ class WorldSessionHandler(SessionHandler):
                        "snapshot": bool(self.backend.supports_snapshot),
                        "deterministic": bool(self.backend.deterministic),
                        "settings": self.backend.settings()}  # type: Dict[str, Any]
+        if self.backend.tick_latency > 0:
+            description["tick_latency_seconds"] = float(self.backend.tick_latency)
         budget = self.backend.step_budget()
         if budget is not None:
             description["step_budget_seconds"] = float(budget)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from bridge.transport import LOOPBACK_HOSTS
 from carla_client import registry
 from launch.config import REPO_ROOT, LaunchConfig, find_input
 from launch.procs import child_env  # noqa: F401  (the launcher's callers build children's env here)
@@ -12,7 +13,7 @@ from launch.procs import child_env  # noqa: F401  (the launcher's callers build 
 EVENT_SENSORS = Path(__file__).resolve().parent / "configs" / "sensors_events.json"
 
 #: agent config keys the launcher sets itself (from its own config) on the trainer's command line.
-LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints", "env.curve")
+LAUNCHER_OWNED_TRAINER_KEYS = ("endpoints", "env.curve", "env.endpoints_file")
 
 
 def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
@@ -27,15 +28,27 @@ def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
     return [executable, *info.server_argv(config.carla.rpc_port(index)), *config.carla.extra_args]
 
 
-def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
+def client_endpoint(config: LaunchConfig, index: int, host: str | None = None) -> str:
+    """Where carla_client ``index`` listens: ``tcp://(host or clients.host):(base_port + index)``
+    (an IPv6 address in brackets)."""
+    host = host or config.clients.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{config.clients.base_port + index}"
+
+
+def client_argv(config: LaunchConfig, index: int, sim_python: str, host: str | None = None
+                ) -> list[str]:
     """``<sim python> -m carla_client --world W --bind tcp://host:(base_port + index) ...``.
 
+    ``host`` (default ``clients.host``): the address to listen on; beyond loopback the client gets
+    ``--allow-remote`` when ``curve`` is set (carla_client itself refuses it without CURVE).
     Built-in world: client i serves the circuits ``seed + i * circuits`` onwards, so clients never
     share a circuit, with ``npc_vehicles`` NPCs.
     """
     clients = config.clients
     argv = [sim_python, "-m", clients.module, "--world", config.world_kind,
-            "--bind", clients.endpoints()[index]]
+            "--bind", client_endpoint(config, index, host)]
     if config.world_kind == "builtin":
         argv += ["--seed", str(clients.seed + index * clients.circuits), "--npc",
                  str(clients.npc_vehicles), "--circuits", str(clients.circuits)]
@@ -53,6 +66,8 @@ def client_argv(config: LaunchConfig, index: int, sim_python: str) -> list[str]:
         argv += ["--sensors", str(find_input(sensors))]
     if config.curve:
         argv += ["--curve", curve_dir(config)]
+        if (host or clients.host) not in LOOPBACK_HOSTS:
+            argv.append("--allow-remote")
     return argv + list(clients.extra_args)
 
 
@@ -95,13 +110,15 @@ def check_trainer_config(config: LaunchConfig, overrides: Sequence[str]) -> None
 
 
 def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_dir: Path,
-                 endpoints: Sequence[str], overrides: Sequence[str], resume: Path | None = None
-                 ) -> list[str]:
+                 endpoints: Sequence[str], overrides: Sequence[str], resume: Path | None = None,
+                 endpoints_file: Path | None = None) -> list[str]:
     """``<trainer python> -m agent.train --config C --run-name R runs_dir=D endpoints=... [overrides]``.
 
     With ``resume``: ``-m agent.train --resume CHECKPOINT endpoints=... [overrides]`` (the run's own
     config.yaml and directory). ``env.reconnect=true`` comes before the user's overrides: a restarted
-    carla_client is useless unless the env reconnects to it.
+    carla_client is useless unless the env reconnects to it. ``endpoints_file``: where the placement
+    writes each sim's current endpoint (a sim Ray restarted on another node moved); the envs read it
+    when they reconnect (``env.endpoints_file``).
     """
     if resume is not None:
         head = ["--resume", str(resume.expanduser().resolve())]
@@ -110,8 +127,10 @@ def trainer_argv(config: LaunchConfig, trainer_python: str, run_name: str, runs_
                 f"runs_dir={runs_dir}"]
     curve = [f"env.curve={curve_dir(config)}"] if config.curve else []
     view = ["view=true"] if config.view else []
+    moves = [f"env.endpoints_file={endpoints_file}"] if endpoints_file is not None else []
     return [trainer_python, "-m", config.trainer.module, *head,
-            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *curve, *view, *overrides]
+            f"endpoints={','.join(endpoints)}", "env.reconnect=true", *curve, *moves, *view,
+            *overrides]
 
 
 def run_dir_of(resume: Path) -> Path:

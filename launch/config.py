@@ -98,7 +98,13 @@ class ClusterSection:
     sim_resource: str
     max_restarts: int
     ready_timeout: float
+    #: ray: where each sim's bridge listens. loopback: ``clients.host`` (every sim node must be the
+    #: trainer's host); node: the IP address of the node that hosts the sim, which needs ``curve``.
+    bind: str = "loopback"
 
+
+#: cluster.bind choices: the sims listen on clients.host (loopback by default) or on their node's IP.
+CLUSTER_BINDS = ("loopback", "node")
 
 #: sections that name a choice: ``cluster=ray`` on the command line is short for ``cluster.kind=ray``.
 SHORTHANDS = {"cluster": "cluster.kind"}
@@ -205,6 +211,7 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
         raise ConfigError(f"cluster must be local or ray, not {config.cluster.kind!r}")
     if config.cluster.max_restarts < 0:
         raise ConfigError("cluster.max_restarts must be 0 or more")
+    check_bind(config)
     # imported here: the trainer reads this module (read_yaml, overrides) and never imports the sim
     # package; only the launcher's own configuration names a world kind.
     from carla_client import registry
@@ -228,6 +235,27 @@ def from_dict(raw: dict[str, Any]) -> LaunchConfig:
                                         or config.run_name in (".", "..")):
         raise ConfigError(f"run_name must be a plain directory name, not {config.run_name!r}")
     return config
+
+
+def check_bind(config: LaunchConfig) -> None:
+    """Secure by default: a sim listens beyond loopback only with CurveZMQ keys (``curve: DIR``).
+
+    Raises:
+        ConfigError: an unknown ``cluster.bind``; ``cluster.bind: node`` outside ``cluster=ray`` or
+            without ``curve``. (A non-loopback ``clients.host`` without ``curve`` is refused when a
+            run starts, launch.placement.check_client_ports, so that ``launch doctor`` can report it.)
+    """
+    bind = config.cluster.bind
+    if bind not in CLUSTER_BINDS:
+        raise ConfigError(f"cluster.bind must be one of {', '.join(CLUSTER_BINDS)}, not {bind!r}")
+    if bind == "node" and config.cluster.kind != "ray":
+        raise ConfigError("cluster.bind=node places each sim's bridge on its Ray node's address: it "
+                          "needs cluster=ray (locally, set clients.host instead)")
+    if bind == "node" and not config.curve:
+        raise ConfigError("cluster.bind=node makes every sim listen on its node's network address, "
+                          "and the bridge never does that without CurveZMQ: make keys with `python -m "
+                          "bridge.keys DIR` and set curve=DIR (docs/scale.md: the same DIR on every "
+                          "node), or keep cluster.bind=loopback")
 
 
 def _coerce(value: Any, type_name: Any, where: str) -> Any:

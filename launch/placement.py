@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from bridge.keys import CurveError, load_client_keys
+from bridge.transport import LOOPBACK_HOSTS
 from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig
@@ -51,6 +53,8 @@ class Placement:
         self.config = config
         self.sim_python = sim_python
         self.supervision = supervision
+        #: the CurveZMQ key directory (absolute) when ``curve`` is set: the launcher's pings use it.
+        self.curve = commands.curve_dir(config) if config.curve else None
         #: the sims' processes on this machine (none for a placement that runs them elsewhere).
         self.servers: list[ManagedProcess] = []
         self.clients: list[SimClient] = []
@@ -58,6 +62,11 @@ class Placement:
     def endpoints(self) -> list[str]:
         """The bridge endpoints of the sims, in order (what the trainer is given)."""
         raise NotImplementedError
+
+    def endpoints_file(self) -> Path | None:
+        """A file with each sim's current endpoint when a sim can move (the trainer's envs follow
+        it when they reconnect); None when the endpoints never change."""
+        return None
 
     def check_free(self) -> None:
         """Before anything starts: fails fast if the sims could not bind their ports."""
@@ -76,8 +85,14 @@ class Placement:
 
 
 def check_client_ports(config: LaunchConfig) -> None:
-    """Raises LaunchError if a carla_client's port (``clients.base_port + i``) is taken here."""
+    """Raises LaunchError if a carla_client's port (``clients.base_port + i``) is taken here, or if
+    ``clients.host`` is beyond loopback without CurveZMQ keys (secure by default)."""
     clients = config.clients
+    if clients.host not in LOOPBACK_HOSTS and not config.curve:
+        raise LaunchError(
+            f"clients.host={clients.host} makes every carla_client listen beyond this host, and the "
+            "bridge never does that without CurveZMQ: make keys with `python -m bridge.keys DIR` and "
+            "set curve=DIR, or keep clients.host=127.0.0.1 and use an SSH tunnel (docs/launch.md)")
     ports = [clients.base_port + i for i in range(clients.count)]
     taken = busy_ports(clients.host, ports)
     if taken:
@@ -86,6 +101,16 @@ def check_client_ports(config: LaunchConfig) -> None:
             f"cannot bind them. Another launcher or carla_client may still be running (find it with "
             f"`ss -ltnp 'sport = :{taken[0]}'`, Windows: `netstat -ano | findstr :{taken[0]}`); stop "
             f"it, or pick other ports with clients.base_port=PORT")
+
+
+def check_trainer_keys(curve: str | None) -> None:
+    """Raises LaunchError if ``curve`` is set and the trainer's CURVE keys do not load on this host."""
+    if curve is None:
+        return
+    try:
+        load_client_keys(curve)
+    except CurveError as e:
+        raise LaunchError(f"the trainer cannot use the CURVE keys: {e}") from e
 
 
 class SimClient:
@@ -112,6 +137,7 @@ class LocalPlacement(Placement):
 
     def check_free(self) -> None:
         check_client_ports(self.config)
+        check_trainer_keys(self.curve)
 
     def start(self) -> None:
         if registry.get(self.config.world_kind).needs_server:
@@ -174,7 +200,7 @@ class LocalPlacement(Placement):
             try:
                 return wait_bridge(client.endpoint,
                                    time.monotonic() + self.config.clients.ready_timeout,
-                                   client.process, self.supervision.should_abort)
+                                   client.process, self.supervision.should_abort, self.curve)
             except NotReady as e:
                 if self.supervision.stop_requested() or client.process.alive():  # stopped, or late
                     raise LaunchError(f"{client.process.name} is not ready: {e}\nRun `python -m "
@@ -236,7 +262,7 @@ class LocalPlacement(Placement):
         try:
             reply, rtt = wait_bridge(client.endpoint,
                                      time.monotonic() + self.config.clients.ready_timeout, process,
-                                     self.supervision.should_abort)
+                                     self.supervision.should_abort, self.curve)
         except NotReady as e:
             if self.supervision.should_abort():
                 return

@@ -394,10 +394,12 @@ def wait_log_line(process: ManagedProcess, prefix: str, deadline: float) -> str:
 
 
 def wait_bridge(endpoint: str, deadline: float, process: ManagedProcess | None = None,
-                should_abort: Callable[[], bool] = lambda: False) -> tuple[dict, float]:
+                should_abort: Callable[[], bool] = lambda: False, curve: str | None = None
+                ) -> tuple[dict, float]:
     """Pings a carla_client through the bridge handshake until it answers (no session is opened).
 
     Each ping waits on the socket for up to a second; between pings the process is checked.
+    ``curve``: the key directory of a carla_client started with ``--curve`` (its client keys are used).
 
     Returns:
         (the ping reply, its round-trip time in seconds).
@@ -409,7 +411,7 @@ def wait_bridge(endpoint: str, deadline: float, process: ManagedProcess | None =
     from bridge.errors import BridgeError
 
     last_error: Exception | None = None
-    with BridgeClient(endpoint, heartbeat_seconds=0) as client:
+    with BridgeClient(endpoint, heartbeat_seconds=0, curve=curve) as client:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

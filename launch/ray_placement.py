@@ -5,26 +5,29 @@ starts there, as an ordinary child, a ``carla_client`` under that node's sim int
 (launch.interpreters' lookup, on that node). The bridge stays what it is; Ray only decides where
 each sim lives and brings it back when its process or its node dies (``cluster.max_restarts``).
 
-Sim ``i`` binds ``tcp://clients.host:(clients.base_port + i)`` on whichever node hosts it, so its
-endpoint survives a restart and the trainer's env simply reconnects. Until the bridge has CURVE keys
-the endpoints stay on loopback: every node that hosts sims must be the trainer's own machine (a Ray
-cluster of several nodes on one host, as the tests build with ``ray.cluster_utils.Cluster``); see
-docs/scale.md.
+Sim ``i`` listens on port ``clients.base_port + i`` of whichever node hosts it. ``cluster.bind``
+says on which address: ``loopback`` (``clients.host``, 127.0.0.1 by default: every node that hosts
+sims must be the trainer's machine, e.g. the tests' ``ray.cluster_utils.Cluster``) or ``node`` (the
+node's IP address, with CurveZMQ keys from the same ``curve`` directory on every node). A sim that Ray
+restarts on another node moves: the placement writes every sim's current endpoint to
+``logs/endpoints.json``, which the trainer's envs read when they reconnect. See docs/scale.md.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from bridge.keys import CurveError, load_server_keys
 from launch import commands
 from launch.config import LaunchConfig
 from launch.interpreters import REPO_ROOT, find_sim_python
-from launch.placement import Placement, Supervision, check_client_ports
+from launch.placement import Placement, Supervision, check_client_ports, check_trainer_keys
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, child_env,
-                          port_is_free, wait_bridge)
+                          port_is_free, wait_bridge, wait_tcp)
 
 log = logging.getLogger("launch")
 
@@ -42,13 +45,25 @@ def import_ray() -> Any:
     return ray
 
 
+def node_address() -> str:
+    """The IP address of the Ray node this process runs on (what the other nodes reach it by)."""
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
 class SimActor:
     """The body of one sim's Ray actor: runs ``carla_client`` ``index`` on the actor's node.
 
-    Construction starts the process and returns once it answers a bridge ping, so a restarted actor
-    is ready when Ray reports it alive. ``check()`` turns a carla_client that died on its own into an
-    actor death, so that Ray's restart (bounded by ``max_restarts``) is the only restart mechanism.
-    The process dies with the actor (PR_SET_PDEATHSIG), also when the actor's node is removed.
+    Construction starts the process and returns once it is ready, so a restarted actor is ready when
+    Ray reports it alive: it answers a bridge ping (without CURVE), or accepts TCP connections on its
+    port (with CURVE: the ping needs the trainer's secret key, which stays on the trainer's host; the
+    launcher pings it from there). ``check()`` turns a carla_client that died on its own into an actor
+    death, so that Ray's restart (bounded by ``max_restarts``) is the only restart mechanism. The
+    process dies with the actor (PR_SET_PDEATHSIG), also when the actor's node is removed.
+
+    Raises (construction): LaunchError: no sim interpreter or no usable CURVE server keys on this
+    node, the port stays taken, or the sim is not ready in time.
     """
 
     def __init__(self, config: LaunchConfig, index: int, logs_dir: str) -> None:
@@ -56,21 +71,27 @@ class SimActor:
         if sim_python is None:
             raise LaunchError(f"no sim interpreter on this node: {why}")
         self.index = index
-        self.endpoint = config.clients.endpoints()[index]
+        host = node_address() if config.cluster.bind == "node" else config.clients.host
+        port = config.clients.base_port + index
+        self.endpoint = commands.client_endpoint(config, index, host)
+        if config.curve:
+            check_server_keys(commands.curve_dir(config), host)
         deadline = time.monotonic() + config.clients.ready_timeout
-        host, port = config.clients.host, config.clients.base_port + index
         while not port_is_free(host, port):  # the previous incarnation's carla_client is exiting
             if time.monotonic() > deadline:
                 raise LaunchError(f"port {port} on {host} stayed in use; carla_client-{index} cannot "
                                   "bind it")
             time.sleep(PROBE_SECONDS)
         self.process = ManagedProcess(f"carla_client-{index}",
-                                      commands.client_argv(config, index, sim_python),
+                                      commands.client_argv(config, index, sim_python, host),
                                       Path(logs_dir) / f"carla_client-{index}.log", env=child_env(),
                                       cwd=REPO_ROOT)
         self.process.start()
         try:
-            wait_bridge(self.endpoint, deadline, self.process)
+            if config.curve:
+                wait_tcp(host, port, deadline, self.process)
+            else:
+                wait_bridge(self.endpoint, deadline, self.process)
         except NotReady:
             self.process.stop(timeout=config.clients.stop_timeout)
             raise
@@ -82,16 +103,27 @@ class SimActor:
         return {"endpoint": self.endpoint, "pid": self.process.pid, "argv": self.process.argv,
                 "actor_pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    def check(self) -> int:
-        """The carla_client's pid while it runs; if it died, this actor exits and Ray restarts it."""
+    def check(self) -> tuple[int, str]:
+        """(the carla_client's pid, its endpoint) while it runs; if it died, this actor exits and Ray
+        restarts it."""
         if self.process.alive():
-            return self.process.pid or 0
+            return self.process.pid or 0, self.endpoint
         self.process.report_exit()
         os._exit(1)  # an actor crash: Ray reruns __init__ on a node with a free sim resource
 
     def stop(self, timeout: float) -> int | None:
         """Stops the carla_client (SIGTERM: it restores CARLA's settings); returns its exit code."""
         return self.process.stop(timeout=timeout)
+
+
+def check_server_keys(directory: str, host: str) -> None:
+    """Raises LaunchError unless ``directory`` on this node holds the sim side's CURVE keys."""
+    try:
+        load_server_keys(directory)
+    except CurveError as e:
+        raise LaunchError(f"node {host} cannot serve with CURVE: {e}. Every node that hosts sims "
+                          f"needs the key directory at the same path, {directory} (server.key, "
+                          "server.key_secret, client.key; docs/scale.md)") from e
 
 
 class RayPlacement(Placement):
@@ -111,12 +143,28 @@ class RayPlacement(Placement):
         self._died: set[int] = set()
         self._next_watch = 0.0
         self._stopped = False
+        #: each sim's endpoint as first reported (what the trainer is given), and where it is now.
+        self._first: list[str] = []
+        self._current: list[str] = []
 
     def endpoints(self) -> list[str]:
-        return self.config.clients.endpoints()
+        """The endpoints the sims reported when they started (before: loopback's, or none)."""
+        if self._first:
+            return list(self._first)
+        return self.config.clients.endpoints() if self.config.cluster.bind == "loopback" else []
+
+    def endpoints_file(self) -> Path | None:
+        """``logs/endpoints.json`` with ``cluster.bind: node``: a restarted sim may be on another node."""
+        if self.config.cluster.bind == "node":
+            return self.supervision.logs_dir / "endpoints.json"
+        return None
 
     def check_free(self) -> None:
-        check_client_ports(self.config)  # loopback-only: the sims bind on this machine
+        """Loopback: the ports are free here. Node: nothing to check here (each actor checks its
+        node's port). With ``curve``: the trainer's keys load on this host."""
+        if self.config.cluster.bind == "loopback":
+            check_client_ports(self.config)  # the sims bind on this machine
+        check_trainer_keys(self.curve)
         import_ray()
 
     def start(self) -> None:
@@ -149,12 +197,43 @@ class RayPlacement(Placement):
         infos = self._gather([actor.info.remote() for actor in self.actors],
                              cluster.ready_timeout, "the sim actors to start")
         self.pids = [info["pid"] for info in infos]
+        self._first = [info["endpoint"] for info in infos]
+        self._current = list(self._first)
         nodes = {info["node_id"] for info in infos}
         for index, info in enumerate(infos):
             self.supervision.record(f"carla_client-{index}", info["pid"], info["argv"])
-            log.info("carla_client-%d: answers on %s (Ray node %s, pid %d)", index, info["endpoint"],
-                     info["node_id"][:8], info["pid"])
+        if self.curve:
+            self._ping_with_keys(cluster.ready_timeout)
+        for index, info in enumerate(infos):
+            log.info("carla_client-%d: answers on %s%s (Ray node %s, pid %d)", index,
+                     info["endpoint"], " with CURVE" if self.curve else "", info["node_id"][:8],
+                     info["pid"])
+        self._write_endpoints()
         log.info("ray: %d sims on %d node(s)", count, len(nodes))
+
+    def _ping_with_keys(self, timeout: float) -> None:
+        """Pings every sim from this host with the trainer's CURVE keys: the keys match and the
+        ports are reachable from here (a firewall shows here, not as a trainer's timeout)."""
+        deadline = time.monotonic() + timeout
+        for index, endpoint in enumerate(self._first):
+            try:
+                wait_bridge(endpoint, deadline, None, self.supervision.stop_requested, self.curve)
+            except NotReady as e:
+                raise LaunchError(
+                    f"carla_client-{index} runs but does not answer a CURVE ping from this host at "
+                    f"{endpoint}: {e}. Is its port open in the node's firewall, and is {self.curve} "
+                    "the same key directory on both hosts (server.key, client.key)? See "
+                    f"{self.supervision.logs_dir / f'carla_client-{index}.log'} on that node") from e
+
+    def _write_endpoints(self) -> None:
+        """``logs/endpoints.json``: {"endpoints": {first endpoint: current endpoint}} (atomically)."""
+        path = self.endpoints_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"endpoints": dict(zip(self._first, self._current))}, indent=2))
+        tmp.replace(path)
 
     def _gather(self, refs: list[Any], timeout: float, what: str) -> list[Any]:
         """ray.get that gives up on a stop request or at the deadline, with an actionable error."""
@@ -191,7 +270,7 @@ class RayPlacement(Placement):
                 self._pending[index] = ref  # busy, or being restarted: ask again next time
                 continue
             try:
-                pid = ray.get(ref)
+                pid, endpoint = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
                 self._note_death(index, "is being restarted by Ray")
                 continue
@@ -205,9 +284,13 @@ class RayPlacement(Placement):
                 continue
             self._died.discard(index)
             if pid != self.pids[index]:
-                log.info("carla_client-%d: restarted by Ray (pid %s), answers on %s; the trainer's "
-                         "env reconnects", index, pid, self.endpoints()[index])
+                moved = endpoint != self._current[index]
+                log.info("carla_client-%d: restarted by Ray (pid %s), %s %s; the trainer's env "
+                         "reconnects", index, pid, "moved to" if moved else "answers on", endpoint)
                 self.pids[index] = pid
+                self._current[index] = endpoint
+                if moved:
+                    self._write_endpoints()
                 self.supervision.record(f"carla_client-{index}", pid, ["(restarted by Ray)"])
 
     def _note_death(self, index: int, what: str) -> None:

@@ -230,7 +230,9 @@ class Launcher:
     def _write_state(self) -> None:
         """launcher.json: every pid this launcher started (a test or a user can check they are gone)."""
         state = {"launcher_pid": os.getpid(), "run_name": self.run_name, "run_dir": str(self.run_dir),
-                 "endpoints": self.config.clients.endpoints(), "tensorboard_url": self.tensorboard_url,
+                 "endpoints": (self.placement.endpoints() if self.placement is not None
+                               else self.config.clients.endpoints()),
+                 "tensorboard_url": self.tensorboard_url,
                  "processes": self._started}
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -244,7 +246,7 @@ class Launcher:
         assert self.placement is not None
         argv = commands.trainer_argv(self.config, self.trainer_python, self.run_name, self.runs_dir,
                                      self.placement.endpoints(), self.trainer_overrides,
-                                     self.resume)
+                                     self.resume, self.placement.endpoints_file())
         self.trainer = self._process("trainer", argv)
         self.trainer.start()
 

@@ -301,6 +301,32 @@ def test_a_killed_sim_truncates_its_env_and_comes_back_while_the_others_step_on(
         venv.close()
 
 
+def test_a_sim_that_moved_is_found_through_the_endpoints_file(sim, tmp_path):
+    """cluster=ray cluster.bind=node: Ray restarted a sim on another node; the launcher rewrote the
+    endpoints file and the env reconnects to the sim's new address."""
+    (first, dying), (other, _) = sim(), sim()
+    moves = tmp_path / "endpoints.json"
+    moves.write_text(json.dumps({"endpoints": {first: first, other: other}}))
+    venv = BridgeVecEnv([first, other], seed=0, camera_size=(16, 16), max_episode_steps=10_000,
+                        reconnect=True, timeout=5.0, reconnect_timeout=60.0, endpoints_file=str(moves))
+    try:
+        venv.reset()
+        venv.step(np.zeros((2, 2), np.float32))
+        os.killpg(dying.pid, signal.SIGKILL)
+        step_until(venv, lambda infos, dones: "bridge_error" in infos[0])
+        moved, _ = sim()  # the same world on another address
+        moves.write_text("{not json")  # a half-written file is ignored, the old address is kept
+        venv.step(np.zeros((2, 2), np.float32))
+        moves.write_text(json.dumps({"endpoints": {first: moved, other: other}}))
+        step_until(venv, lambda infos, dones: infos[0].get("bridge_reconnected"), timeout=60)
+        assert venv.envs[0].endpoint == moved and venv.envs[0].first_endpoint == first
+        assert venv.envs[1].endpoint == other
+        _, _, _, infos = venv.step(np.zeros((2, 2), np.float32))
+        assert infos[0]["frame"] == 1
+    finally:
+        venv.close()
+
+
 def test_a_frozen_sim_times_out_alone_and_is_back_once_it_thaws(sim):
     venv, started = three_sims(sim, timeout=1.0, reconnect_timeout=60.0)
     frozen = started[2][1]

@@ -151,6 +151,65 @@ def test_command_lines():
     assert argv[1:3] == ["-m", "tensorboard.main"] and argv[argv.index("--port") + 1] == "6123"
 
 
+def test_binding_beyond_loopback_needs_curve_keys(tmp_path):
+    from bridge.errors import ConfigError
+    from launch.placement import check_client_ports, check_trainer_keys
+    from launch.procs import LaunchError
+
+    assert load_config(None, ["cluster=ray"]).cluster.bind == "loopback"  # secure by default
+    with pytest.raises(ConfigError, match="cluster.bind=node .* without CurveZMQ: make keys with "
+                                          "`python -m bridge.keys DIR` and set curve=DIR"):
+        load_config(None, ["cluster=ray", "cluster.bind=node"])
+    with pytest.raises(ConfigError, match="needs cluster=ray"):
+        load_config(None, ["cluster.bind=node", f"curve={tmp_path}"])
+    with pytest.raises(ConfigError, match="cluster.bind must be one of loopback, node"):
+        load_config(None, ["cluster=ray", "cluster.bind=0.0.0.0"])
+    with pytest.raises(LaunchError, match="clients.host=0.0.0.0 .* without CurveZMQ"):
+        check_client_ports(load_config(None, ["clients.host=0.0.0.0"]))
+    with pytest.raises(LaunchError, match="the trainer cannot use the CURVE keys: missing CURVE key"):
+        check_trainer_keys(str(tmp_path))
+
+    config = load_config(None, ["cluster=ray", "cluster.bind=node", f"curve={tmp_path}",
+                                "clients.base_port=6000"])
+    argv = commands.client_argv(config, 1, "py", host="192.0.2.7")
+    assert argv[argv.index("--bind") + 1] == "tcp://192.0.2.7:6001"
+    assert argv[argv.index("--curve") + 1] == str(tmp_path) and "--allow-remote" in argv
+    assert commands.client_endpoint(config, 0, "fd00::2") == "tcp://[fd00::2]:6000"
+    loopback = commands.client_argv(config, 1, "py")
+    assert "--curve" in loopback and "--allow-remote" not in loopback  # nothing beyond loopback
+    argv = commands.trainer_argv(config, "py", "r", Path("/runs"), ["tcp://192.0.2.7:6000"], [],
+                                 endpoints_file=Path("/runs/r/logs/endpoints.json"))
+    assert "env.endpoints_file=/runs/r/logs/endpoints.json" in argv
+    assert f"env.curve={tmp_path}" in argv
+    assert "env.endpoints_file" in commands.LAUNCHER_OWNED_TRAINER_KEYS
+
+
+@pytest.mark.crossversion
+def test_local_sims_with_curve_are_pinged_with_the_trainers_keys(tmp_path, sim_python):
+    """``launch up curve=DIR``: the readiness pings use DIR's client keys (a keyless ping is refused)."""
+    from bridge.keys import create_keys
+    from launch.placement import LocalPlacement, Supervision
+    from launch.procs import ManagedProcess
+
+    keys = tmp_path / "keys"
+    create_keys(str(keys))
+    config = load_config(None, [f"curve={keys}", f"clients.base_port={_free_port_block(1)}",
+                                "clients.ready_timeout=30"])
+    supervision = Supervision(
+        lambda name, argv, cwd: ManagedProcess(name, argv, tmp_path / f"{name}.log",
+                                               env=commands.child_env(), cwd=cwd),
+        lambda: False, lambda: False, lambda: False, tmp_path, lambda *args: None)
+    placement = LocalPlacement(config, sim_python, supervision)
+    try:
+        placement.check_free()
+        placement.start()  # returns once the CURVE ping answered
+        argv = placement.clients[0].process.argv
+        assert argv[argv.index("--curve") + 1] == str(keys.resolve())
+    finally:
+        placement.stop()
+    assert not placement.clients[0].process.alive()
+
+
 def test_launcher_shares_the_run_name_with_the_trainer(tmp_path):
     config = load_config(None, [f"runs_dir={tmp_path}"])
     launcher = Launcher(config, ["run_name=abc", "endpoints=tcp://x:1", "total_timesteps=9"])

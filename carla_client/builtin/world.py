@@ -10,7 +10,6 @@ puts the clock back with everything else (``snapshot``/``restore`` save and rest
 """
 import copy
 import math
-import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -59,8 +58,9 @@ class BuiltinWorld(WorldBackend):
         vehicle: ego (and NPC body) parameters.
         track: circuit generation parameters.
         texture_resolution: metres per ground-texture texel (finer: sharper, slower to build).
-        tick_latency: every tick (resets included) takes at least this many seconds of wall time,
-            sleeping whatever the computation left over: it emulates a CARLA server whose tick is
+        tick_latency: served, every tick (resets included) takes at least this many seconds of wall
+            time from the request's arrival to the reply's departure, sleeping whatever the work
+            left over (bridge.server does the sleeping): it emulates a CARLA server whose tick is
             bound by rendering on a GPU, without using this machine's CPU (scaling benchmarks).
 
     Raises:
@@ -153,7 +153,6 @@ class BuiltinWorld(WorldBackend):
         Raises:
             SpecError: an unknown option or a bad option value.
         """
-        started = time.monotonic()
         options = dict(options or {})
         unknown = sorted(set(options) - set(RESET_OPTIONS))
         if unknown:
@@ -193,9 +192,7 @@ class BuiltinWorld(WorldBackend):
         self._route_distance = 0.0
         self._wheel_offsets = self._offsets(self._state, projection, self._wheels)
         self._previous, self._events = self._state, []
-        tick = self._tick(self._state, self._state, projection, [])
-        self._pace(started)
-        return tick
+        return self._tick(self._state, self._state, projection, [])
 
     def step(self, control: VehicleControl) -> Tick:
         """Advances one tick under ``control``.
@@ -203,7 +200,6 @@ class BuiltinWorld(WorldBackend):
         Raises:
             ProtocolError: step before reset.
         """
-        started = time.monotonic()
         if self._state is None:
             raise ProtocolError("step() before reset(): the built-in world needs a reset first")
         previous, before = self._state, self._tracker.last
@@ -235,20 +231,12 @@ class BuiltinWorld(WorldBackend):
         self._frame = frame
         self._state = state
         self._previous, self._events = previous, events
-        tick = self._tick(previous, state, projection, events)
-        self._pace(started)
-        return tick
+        return self._tick(previous, state, projection, events)
 
     @property
     def route_projection(self) -> Optional[Projection]:
         """The ego's projection onto the route at the current tick (None before the first reset)."""
         return self._tracker.last if self._state is not None else None
-
-    def _pace(self, started: float) -> None:
-        """Sleeps until the tick that began at ``started`` has lasted ``tick_latency``."""
-        remaining = started + self.tick_latency - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
 
     def snapshot(self) -> "_Snapshot":
         """Everything a later tick depends on: ego, NPCs, route tracker, clock, random generator and

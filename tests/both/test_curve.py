@@ -38,16 +38,20 @@ def test_keys_are_written_once_with_private_secrets(tmp_path, capsys):
     assert "readable by others" in keys.check_key_directory(directory, "client")[0]
 
 
-@pytest.fixture
-def key_dirs(tmp_path):
-    """The trainer's and sim side's directory, plus a stranger with its own keys but the right
-    server.key (so the sim side itself is what refuses it)."""
-    good, stranger = str(tmp_path / "good"), str(tmp_path / "stranger")
+def make_key_dirs(root):
+    """The trainer's and sim side's directory under ``root``, plus a stranger with its own keys but
+    the right server.key (so the sim side itself is what refuses it)."""
+    good, stranger = os.path.join(str(root), "good"), os.path.join(str(root), "stranger")
     create_keys(good)
     create_keys(stranger)
     os.remove(os.path.join(stranger, "server.key"))
     shutil.copy(os.path.join(good, "server.key"), os.path.join(stranger, "server.key"))
     return good, stranger
+
+
+@pytest.fixture
+def key_dirs(tmp_path):
+    return make_key_dirs(tmp_path)
 
 
 @pytest.fixture
