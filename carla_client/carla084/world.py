@@ -256,20 +256,25 @@ class Carla084World(WorldBackend):
                 if observation[sensor.name] is None:
                     observation[sensor.name] = self._blank(sensor)
         self._last_observation = observation
-        location = player.transform.location
-        yaw = (float(player.transform.rotation.yaw) + 180.0) % 360.0 - 180.0
-        speed = float(player.forward_speed)
+        transform = player.transform
+        location = transform.location
+        x, y = location.x, location.y
+        yaw = (transform.rotation.yaw + 180.0) % 360.0 - 180.0
+        speed = player.forward_speed
         rad = math.radians(yaw)
+        cos, sin = math.cos(rad), math.sin(rad)
+        current = {name: getattr(player, name) for name in _WATCHED}
         if self._previous is not None:
             self._route_distance += speed * self.tick_seconds
-        current = {name: float(getattr(player, name)) for name in _WATCHED}
-        events = self._events(frame, current) if self._previous is not None else []
+            events = self._events(frame, current)
+        else:
+            events = []
         self._previous = current
         acc = player.acceleration
         m = {
-            "location": np.array((location.x, location.y, location.z)),
+            "location": np.array((x, y, location.z)),
             "yaw": yaw,
-            "velocity": np.array((speed * math.cos(rad), speed * math.sin(rad), 0.0)),
+            "velocity": np.array((speed * cos, speed * sin, 0.0)),
             "speed": abs(speed),
             "acceleration": np.array((acc.x, acc.y, acc.z)),
             "lateral_offset": 0.0,   # 0.8.4 sends no lane geometry (docs/carla084.md)
@@ -277,9 +282,12 @@ class Carla084World(WorldBackend):
             "route_distance": self._route_distance,
             "route_completion": self._route_distance / self._route_length,
             "off_road": current["intersection_offroad"] > 0.5,
+            "lead_distance": LEAD_RANGE,
+            "lead_closing_speed": 0.0,
         }
-        m["lead_distance"], m["lead_closing_speed"] = self._lead(measurements, location.x,
-                                                                 location.y, rad, speed)
+        if len(measurements.non_player_agents):
+            m["lead_distance"], m["lead_closing_speed"] = self._lead(measurements, x, y, rad,
+                                                                     speed)
         return Tick(frame, int(measurements.game_timestamp) / 1000.0, observation, m, events)
 
     def _events(self, frame: int, current: Dict[str, float]) -> List[Dict[str, Any]]:
