@@ -9,7 +9,7 @@ import select
 import socket
 import struct
 import time
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from carla_client.carla084.errors import (LegacyConnectionError, LegacyProtocolError,
                                           LegacyTimeoutError)
@@ -17,6 +17,8 @@ from carla_client.carla084.errors import (LegacyConnectionError, LegacyProtocolE
 _LENGTH = struct.Struct("<L")
 #: largest message accepted: a 4K BGRA camera frame (3840 x 2160 x 4 bytes) plus headers, rounded up.
 MAX_MESSAGE = 40 << 20
+_SENDMSG = hasattr(socket.socket, "sendmsg")  # not on Windows
+_MAX_PARTS = 512  # well below any IOV_MAX
 #: free bytes the receive buffer offers each read (it grows to hold a longer message whole).
 _MIN_ROOM = 1 << 16
 
@@ -86,25 +88,33 @@ class FramedSocket(object):
         """
         self.send_many([payload], timeout)
 
-    def send_many(self, payloads: Sequence[bytes], timeout: float) -> None:
+    def send_many(self, payloads: Sequence[Any], timeout: float) -> None:
         """Writes several messages with one system call (a stream frame: measurements, sensors, b"").
+
+        A payload is any bytes-like object (a memoryview of an image needs no copy).
 
         Raises:
             as send().
         """
         sock = self._live()
-        parts = []  # type: List[bytes]
+        parts = []  # type: List[Any]
+        total = 0
         for payload in payloads:
-            parts += (_LENGTH.pack(len(payload)), payload)
-        data = b"".join(parts)
+            size = len(payload)
+            parts += (_LENGTH.pack(size), payload)
+            total += 4 + size
         try:
-            sent = sock.send(data)
+            if _SENDMSG and len(parts) <= _MAX_PARTS:
+                sent = sock.sendmsg(parts)  # gathers the parts: no joined copy
+            else:
+                parts = [b"".join(parts)]
+                sent = sock.send(parts[0])
         except BlockingIOError:
             sent = 0
         except OSError as e:
             raise LegacyConnectionError("{}: write failed: {}".format(self.name, e)) from e
-        if sent < len(data):
-            self._send_rest(sock, memoryview(data)[sent:], timeout)
+        if sent < total:
+            self._send_rest(sock, memoryview(b"".join(parts))[sent:], timeout)
 
     def _send_rest(self, sock: socket.socket, rest: memoryview, timeout: float) -> None:
         """Writes what the first send() left as the peer reads, within ``timeout`` seconds."""
@@ -151,6 +161,13 @@ class FramedSocket(object):
             self._fill(0.0)
             message = self._take()
         return message
+
+    def readable(self) -> bool:
+        """Whether a read would return at once (data, or the peer's close); never blocks."""
+        if self._end - self._start:
+            return True
+        ready, _, _ = select.select([self._live()], [], [], 0)
+        return bool(ready)
 
     def buffered(self) -> Optional[bytes]:
         """A message already read from the socket, else None; no system call."""

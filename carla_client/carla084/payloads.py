@@ -41,9 +41,9 @@ def encode_camera(sensor_id: int, frame: int, image_type: int, fov: float, bgra:
                   ) -> bytes:
     """One camera message body (the length prefix is the framing's)."""
     height, width = bgra.shape[:2]
-    return (SENSOR_ID.pack(sensor_id)
-            + CAMERA_HEADER.pack(frame, width, height, image_type, fov)
-            + np.ascontiguousarray(bgra, dtype=np.uint8).tobytes())
+    pixels = memoryview(np.ascontiguousarray(bgra, dtype=np.uint8)).cast("B")
+    return b"".join((SENSOR_ID.pack(sensor_id),
+                     CAMERA_HEADER.pack(frame, width, height, image_type, fov), pixels))
 
 
 def encode_lidar(sensor_id: int, frame: int, horizontal_angle: float,

@@ -69,6 +69,7 @@ class WireClient(object):
         self._scene = None  # type: Optional[Scene]
         self._requested = False
         self._by_id = {}  # type: Dict[int, SceneSensor]
+        self._control_message = schema.Control()
 
     # -- episodes ---------------------------------------------------------------------------------
 
@@ -150,10 +151,11 @@ class WireClient(object):
                 ``ServerTimeOut`` without a control); the episode is over.
         """
         control = self._episode_socket(self._control, "control")
+        message = self._control_message  # refilled, not rebuilt: the same bytes
+        message.steer, message.throttle, message.brake = steer, throttle, brake
+        message.hand_brake, message.reverse = hand_brake, reverse
         try:
-            control.send(schema.Control(steer=steer, throttle=throttle, brake=brake,
-                                        hand_brake=hand_brake, reverse=reverse)
-                         .SerializeToString(), self.timeout)
+            control.send(message.SerializeToString(), self.timeout)
         except LegacyConnectionError as e:
             self._close_episode_connections()
             raise EpisodeLostError("the 0.8.4 server closed the control connection, as it does "
@@ -165,7 +167,8 @@ class WireClient(object):
         if self._control is None or self._control.closed:
             return True
         try:
-            self._control.poll()  # the server never writes here: readable means closed
+            if self._control.readable():  # the server never writes here: readable means closed
+                self._control.poll()
         except LegacyConnectionError:
             self._close_episode_connections()
             return True

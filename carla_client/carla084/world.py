@@ -41,6 +41,7 @@ DEFAULT_ROUTE_LENGTH = 1000.0
 COLLISION_KINDS = (("collision_vehicles", "vehicle"), ("collision_pedestrians", "pedestrian"),
                    ("collision_other", "other"))
 INVASION_KINDS = (("intersection_otherlane", "OtherLane"), ("intersection_offroad", "OffRoad"))
+_WATCHED = tuple(name for name, _ in COLLISION_KINDS + INVASION_KINDS)
 #: half the width of the band ahead of the ego in which another vehicle counts as the lead (metres).
 LEAD_HALF_WIDTH = 1.75
 
@@ -105,6 +106,7 @@ class Carla084World(WorldBackend):
         self._module = pythonclient_module
         self._rng = random.Random(seed)
         self._report_collisions = any(s.type == COLLISION for s in self.sensors)
+        self._observed = tuple(s for s in self.sensors if s.field() is not None)
         self._report_invasions = any(s.type == LANE_INVASION for s in self.sensors)
         self._spec = WorldSpec(tuple(observation_fields(self.sensors)), MEASUREMENT_SPEC,
                                VEHICLE_CONTROL_SPEC, self.tick_seconds)
@@ -248,37 +250,44 @@ class Carla084World(WorldBackend):
             logger.warning("0.8.4 frame jumped from %d to %d within an episode", self._last_frame,
                            frame)
         self._last_frame = frame
-        for sensor in self.sensors:  # a 0.8.4 frame may lack a sensor: keep its last image
-            if sensor.field() is not None and sensor.name not in observation:
+        for sensor in self._observed:  # a 0.8.4 frame may lack a sensor: keep its last image
+            if sensor.name not in observation:
                 observation[sensor.name] = self._last_observation.get(sensor.name)
                 if observation[sensor.name] is None:
                     observation[sensor.name] = self._blank(sensor)
         self._last_observation = observation
-        location = player.transform.location
-        yaw = (float(player.transform.rotation.yaw) + 180.0) % 360.0 - 180.0
-        speed = float(player.forward_speed)
+        transform = player.transform
+        location = transform.location
+        x, y = location.x, location.y
+        yaw = (transform.rotation.yaw + 180.0) % 360.0 - 180.0
+        speed = player.forward_speed
         rad = math.radians(yaw)
+        cos, sin = math.cos(rad), math.sin(rad)
+        current = {name: getattr(player, name) for name in _WATCHED}
         if self._previous is not None:
             self._route_distance += speed * self.tick_seconds
-        current = {name: float(getattr(player, name))
-                   for name, _ in COLLISION_KINDS + INVASION_KINDS}
-        events = self._events(frame, current)
+            events = self._events(frame, current)
+        else:
+            events = []
         self._previous = current
         acc = player.acceleration
         m = {
-            "location": np.array([location.x, location.y, location.z], dtype=np.float64),
+            "location": np.array((x, y, location.z)),
             "yaw": yaw,
-            "velocity": np.array([speed * math.cos(rad), speed * math.sin(rad), 0.0]),
+            "velocity": np.array((speed * cos, speed * sin, 0.0)),
             "speed": abs(speed),
-            "acceleration": np.array([acc.x, acc.y, acc.z], dtype=np.float64),
+            "acceleration": np.array((acc.x, acc.y, acc.z)),
             "lateral_offset": 0.0,   # 0.8.4 sends no lane geometry (docs/carla084.md)
             "heading_error": 0.0,
             "route_distance": self._route_distance,
             "route_completion": self._route_distance / self._route_length,
             "off_road": current["intersection_offroad"] > 0.5,
+            "lead_distance": LEAD_RANGE,
+            "lead_closing_speed": 0.0,
         }
-        m["lead_distance"], m["lead_closing_speed"] = self._lead(measurements, location.x,
-                                                                 location.y, rad, speed)
+        if len(measurements.non_player_agents):
+            m["lead_distance"], m["lead_closing_speed"] = self._lead(measurements, x, y, rad,
+                                                                     speed)
         return Tick(frame, int(measurements.game_timestamp) / 1000.0, observation, m, events)
 
     def _events(self, frame: int, current: Dict[str, float]) -> List[Dict[str, Any]]:
@@ -304,6 +313,8 @@ class Carla084World(WorldBackend):
         """(bumper distance, closing speed) to the nearest vehicle ahead within a lane-wide band,
         from the non-player agents (sent with SendNonPlayerAgentsInfo); (LEAD_RANGE, 0) if none."""
         best = (LEAD_RANGE, 0.0)
+        if not len(measurements.non_player_agents):
+            return best
         ego_half = float(measurements.player_measurements.bounding_box.extent.x)
         c, s = math.cos(yaw), math.sin(yaw)
         for agent in measurements.non_player_agents:
