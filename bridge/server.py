@@ -332,6 +332,8 @@ class BridgeServer(object):
             use_shm = False
             not_before = 0.0
         self._send(peer, envelope, reply, use_shm, not_before)
+        if not_before and self.session is not None:  # the emulated tick was ours, not the trainer's
+            self.session.last_seen = time.monotonic()  # silence (heartbeats queued meanwhile)
         self.requests_served += 1
 
     def _send(self, peer: bytes, envelope: List[bytes], reply: Dict[str, Any], use_shm: bool,
