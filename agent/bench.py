@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     scaling.add_argument("--scale-steps", metavar="S", type=int, default=100,
                          help="vec steps per run after a 10-step warm-up (default: %(default)s)")
     scaling.add_argument("--plot", metavar="PNG", default=None, help="also plot the scaling here")
+    scaling.add_argument("--scale-sensors", metavar="FILE", default=None,
+                         help="the sims' carla_client --sensors file, e.g. "
+                              "launch/configs/sensors_events.json (what python -m launch up serves "
+                              "the training config: no camera) (default: carla_client's defaults, "
+                              "a 64x64 camera rendered every tick, collision, lane invasion)")
     scaling.add_argument("--nice", metavar="INCREMENT", type=int, default=0,
                          help="change the scheduling priority of the bench and of every process it "
                               "starts, as nice(1) does (a negative value needs root): on a machine "
@@ -288,16 +293,22 @@ def main_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--scale wants comma-separated sim counts, got {args.scale!r}")
     if not counts or min(counts) < 1 or not args.tick_latency_ms > 0 or args.scale_steps < 1:
         parser.error("--scale needs counts >= 1, --tick-latency-ms > 0 and --scale-steps >= 1")
+    sensors = None
+    if args.scale_sensors is not None:
+        sensors = str(Path(args.scale_sensors).resolve())  # the sims run in the repository root
+        if not Path(sensors).is_file():
+            parser.error(f"--scale-sensors: no file {args.scale_sensors}")
     if args.nice:
         os.nice(args.nice)  # inherited by the sims and SubprocVecEnv's workers started below
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="agent-bench-scale-") as tmp:
         records = bench_scale.scale(counts, args.tick_latency_ms, args.scale_steps, 10,
                                     args.repeats, args.sim_python, Path(tmp),
-                                    env_kwargs(load_config()))
+                                    env_kwargs(load_config()), sensors)
     print(bench_scale.markdown(records))
     print(f"\nMedians of {args.repeats} interleaved runs of {args.scale_steps} vec steps each; "
-          f"{args.tick_latency_ms:g} ms ticks; niceness {os.nice(0)}; load average before "
+          f"{args.tick_latency_ms:g} ms ticks; sim sensors {args.scale_sensors or 'default'}; "
+          f"niceness {os.nice(0)}; load average before "
           f"{load[0]:.1f}, after {os.getloadavg()[0]:.1f}.")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))

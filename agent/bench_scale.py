@@ -40,14 +40,16 @@ def vec_steps_per_second(venv: Any, steps: int, warmup: int, seed: int = 0) -> f
     return steps * venv.num_envs / (time.perf_counter() - started)
 
 
-def start_sims(count: int, tick_latency_ms: float, sim_python: str | None, log_dir: Path
-               ) -> list[SimProcess]:
+def start_sims(count: int, tick_latency_ms: float, sim_python: str | None, log_dir: Path,
+               sensors: str | None = None) -> list[SimProcess]:
     """Starts ``count`` built-in sims at once and waits until each answers a ping.
 
-    Started from this thread: a child dies with the thread that started it (PR_SET_PDEATHSIG).
+    ``sensors``: a carla_client ``--sensors`` file; None: its defaults (a 64x64 camera, collision,
+    lane invasion). Started from this thread: a child dies with the thread that started it
+    (PR_SET_PDEATHSIG).
     """
     sims = [SimProcess(seed=index, python=sim_python, log_path=log_dir / f"sim-{index}.log",
-                       extra_args=("--tick-latency-ms", str(tick_latency_ms)))
+                       sensors=sensors, extra_args=("--tick-latency-ms", str(tick_latency_ms)))
             for index in range(count)]
     try:
         for sim in sims:
@@ -71,11 +73,12 @@ def measure(make: Callable[[], Any], steps: int, warmup: int) -> float:
 
 
 def scale(counts: Sequence[int], tick_latency_ms: float, steps: int, warmup: int, repeats: int,
-          sim_python: str | None, log_dir: Path, env_kwargs: dict[str, Any]) -> list[dict]:
+          sim_python: str | None, log_dir: Path, env_kwargs: dict[str, Any],
+          sensors: str | None = None) -> list[dict]:
     """One record per sim count (see KEYS): medians over ``repeats`` interleaved runs."""
     from agent.vec import BridgeVecEnv, make_vec_env
 
-    sims = start_sims(max(counts), tick_latency_ms, sim_python, log_dir)
+    sims = start_sims(max(counts), tick_latency_ms, sim_python, log_dir, sensors)
     runs: dict[tuple[int, str], list[float]] = {}
     try:
         endpoints = [sim.endpoint for sim in sims]

@@ -201,6 +201,9 @@ class BridgeClient(object):
         self._socket.setsockopt(zmq.ROUTING_ID, _new_identity())
         self._heartbeat_identity = _new_identity()
         self._monitor = ConnectionMonitor(self._socket)
+        # one poller for every wait (Socket.poll builds a new zmq.Poller on each call)
+        self._reply_poller = zmq.Poller()
+        self._reply_poller.register(self._socket, zmq.POLLIN)
         self._socket.connect(endpoint)
         self._encoder = Encoder()
         self._seq = 0
@@ -558,11 +561,8 @@ class BridgeClient(object):
             # dropped connection is still noticed within one slice.)
             # A reply already here when the deadline passes still counts (a caller that polls
             # many clients may look late); only its absence is a timeout.
-            if block:
-                ready = self._socket.poll(max(0.0, min(remaining, _LIVENESS_SLICE_SECONDS)) * 1000)
-            else:  # (Socket.poll builds a zmq.Poller per call; reading EVENTS is no syscall)
-                ready = self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
-            if ready:
+            wait = max(0.0, min(remaining, _LIVENESS_SLICE_SECONDS)) if block else 0
+            if self._reply_poller.poll(wait * 1000):
                 reply = self._receive(seq)
                 if reply is None or reply.get("seq") != seq:
                     logger.debug("dropping stale reply %r while waiting for %d",

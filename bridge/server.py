@@ -220,6 +220,9 @@ class BridgeServer(object):
             raise BridgeError("cannot listen on {}: {} (is another carla_client already using this "
                               "port?)".format(bind, e)) from e
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # one poller for every wait (Socket.poll builds a new zmq.Poller on each call)
+        self._request_poller = zmq.Poller()
+        self._request_poller.register(self._socket, zmq.POLLIN)
         self.guard = ConnectionGuard(self._socket, memory_budget)
         self.guard.start()
         if self.use_shm:
@@ -242,7 +245,7 @@ class BridgeServer(object):
     def serve_once(self, timeout: float) -> bool:
         """Handles at most one message, waiting up to ``timeout`` seconds. True if one was handled."""
         self._expire_silent_session()
-        if not self._socket.poll(timeout * 1000):
+        if not self._request_poller.poll(timeout * 1000):
             return False
         self._request_arrived = time.monotonic()
         frames, dropped = self._receive()
@@ -329,6 +332,8 @@ class BridgeServer(object):
             use_shm = False
             not_before = 0.0
         self._send(peer, envelope, reply, use_shm, not_before)
+        if not_before and self.session is not None:  # the emulated tick was ours, not the trainer's
+            self.session.last_seen = time.monotonic()  # silence (heartbeats queued meanwhile)
         self.requests_served += 1
 
     def _send(self, peer: bytes, envelope: List[bytes], reply: Dict[str, Any], use_shm: bool,

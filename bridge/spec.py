@@ -172,6 +172,8 @@ def validate_fields(specs: Sequence[FieldSpec], values: Dict[str, Any], what: st
     if not isinstance(values, dict):
         raise SpecError("{} must be a map of field name to value, got {}".format(
             what, type(values).__name__))
+    if len(values) == len(specs) and all(s.name in values for s in specs):
+        return {s.name: s.validate(values[s.name]) for s in specs}  # exactly the known fields
     known = {s.name for s in specs}
     unknown = sorted(set(map(str, values)) - known)
     if unknown:

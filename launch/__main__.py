@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from launch.supervisor import Launcher
     handler = _setup_logging(args.log_level)
-    if args.resume is None:  # a resumed run trains on with its own saved config
+    # a resumed run trains on with its own saved config; another trainer module has its own keys
+    if args.resume is None and config.trainer.module == "agent.train":
         try:
             commands.check_trainer_config(config, [*config.trainer.overrides, *trainer_overrides])
         except ValueError as e:

@@ -96,7 +96,7 @@ def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], l
 
 def check_trainer_config(config: LaunchConfig, overrides: Sequence[str]) -> None:
     """Applies the trainer's overrides to its config file and checks the result as ``agent.train``
-    will, so that a misspelt key fails before any sim, TensorBoard or run directory is started.
+    will (call it when ``trainer.module`` is agent.train), so that a misspelt key fails before any sim, TensorBoard or run directory is started.
 
     Raises:
         ConfigError (a ValueError): the first unknown or ill-typed key, as agent.train words it.

@@ -19,6 +19,7 @@ from bridge.transport import LOOPBACK_HOSTS
 from carla_client import registry
 from launch import commands
 from launch.config import LaunchConfig
+from launch.console import ProcessRow
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, busy_ports,
                           describe_exit, port_is_free, wait_bridge, wait_tcp)
 from launch.restart import RestartLimiter
@@ -67,6 +68,11 @@ class Placement:
         """A file with each sim's current endpoint when a sim can move (the trainer's envs follow
         it when they reconnect); None when the endpoints never change."""
         return None
+
+    def remote_rows(self) -> list[ProcessRow]:
+        """Console rows for sims that are not processes of this launcher (``servers``/``clients``
+        have their own rows): where each runs and whether it is up."""
+        return []
 
     def check_free(self) -> None:
         """Before anything starts: fails fast if the sims could not bind their ports."""

@@ -24,6 +24,7 @@ from typing import Any
 from bridge.keys import CurveError, load_server_keys
 from launch import commands
 from launch.config import LaunchConfig
+from launch.console import ProcessRow
 from launch.interpreters import REPO_ROOT, find_sim_python
 from launch.placement import Placement, Supervision, check_client_ports, check_trainer_keys
 from launch.procs import (PROBE_SECONDS, LaunchError, ManagedProcess, NotReady, child_env,
@@ -103,11 +104,13 @@ class SimActor:
         return {"endpoint": self.endpoint, "pid": self.process.pid, "argv": self.process.argv,
                 "actor_pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    def check(self) -> tuple[int, str]:
-        """(the carla_client's pid, its endpoint) while it runs; if it died, this actor exits and Ray
-        restarts it."""
+    def check(self) -> tuple[int, str, str]:
+        """(the carla_client's pid, its endpoint, the Ray node id) while it runs; if it died, this
+        actor exits and Ray restarts it."""
+        import ray
+
         if self.process.alive():
-            return self.process.pid or 0, self.endpoint
+            return self.process.pid or 0, self.endpoint, ray.get_runtime_context().get_node_id()
         self.process.report_exit()
         os._exit(1)  # an actor crash: Ray reruns __init__ on a node with a free sim resource
 
@@ -146,12 +149,25 @@ class RayPlacement(Placement):
         #: each sim's endpoint as first reported (what the trainer is given), and where it is now.
         self._first: list[str] = []
         self._current: list[str] = []
+        self._nodes: list[str] = []  # each sim's Ray node id when it was last (re)started
+        self._restarts: list[int] = []
 
     def endpoints(self) -> list[str]:
         """The endpoints the sims reported when they started (before: loopback's, or none)."""
         if self._first:
             return list(self._first)
         return self.config.clients.endpoints() if self.config.cluster.bind == "loopback" else []
+
+    def remote_rows(self) -> list[ProcessRow]:
+        """One row per sim actor: its endpoint and node while up, ``restarting`` while Ray restarts it."""
+        rows = []
+        for index, (endpoint, node) in enumerate(zip(list(self._current), list(self._nodes))):
+            down = index in self._died
+            rows.append(ProcessRow(f"carla_client-{index}",
+                                   "restarting (Ray)" if down else f"{endpoint} on node {node[:8]}",
+                                   self._restarts[index],
+                                   self.supervision.logs_dir / f"carla_client-{index}.log", not down))
+        return rows
 
     def endpoints_file(self) -> Path | None:
         """``logs/endpoints.json`` with ``cluster.bind: node``: a restarted sim may be on another node."""
@@ -199,7 +215,9 @@ class RayPlacement(Placement):
         self.pids = [info["pid"] for info in infos]
         self._first = [info["endpoint"] for info in infos]
         self._current = list(self._first)
-        nodes = {info["node_id"] for info in infos}
+        self._nodes = [info["node_id"] for info in infos]
+        self._restarts = [0] * count
+        nodes = set(self._nodes)
         for index, info in enumerate(infos):
             self.supervision.record(f"carla_client-{index}", info["pid"], info["argv"])
         if self.curve:
@@ -270,7 +288,7 @@ class RayPlacement(Placement):
                 self._pending[index] = ref  # busy, or being restarted: ask again next time
                 continue
             try:
-                pid, endpoint = ray.get(ref)
+                pid, endpoint, node = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
                 self._note_death(index, "is being restarted by Ray")
                 continue
@@ -289,6 +307,8 @@ class RayPlacement(Placement):
                          "reconnects", index, pid, "moved to" if moved else "answers on", endpoint)
                 self.pids[index] = pid
                 self._current[index] = endpoint
+                self._nodes[index] = node
+                self._restarts[index] += 1
                 if moved:
                     self._write_endpoints()
                 self.supervision.record(f"carla_client-{index}", pid, ["(restarted by Ray)"])

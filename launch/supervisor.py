@@ -187,6 +187,8 @@ class Launcher:
             if client.restart_at is not None:
                 row.state, row.ok = "restarting", False
             rows.append(row)
+        if self.placement is not None:
+            rows += self.placement.remote_rows()
         status = read_status(status_path(self.run_dir))
         trainer_row = None
         if self.trainer is not None:

@@ -184,6 +184,54 @@ def test_binding_beyond_loopback_needs_curve_keys(tmp_path):
     assert "env.endpoints_file" in commands.LAUNCHER_OWNED_TRAINER_KEYS
 
 
+def test_a_sim_ray_restarted_on_another_node_is_written_to_the_endpoints_file(tmp_path):
+    """RayPlacement.watch with a stand-in for Ray: a new pid at a new address rewrites endpoints.json."""
+    from launch.placement import Supervision
+    from launch.ray_placement import RayPlacement
+
+    class Actor:
+        def __init__(self, answer):
+            self.answer = answer
+            self.check = self
+
+        def remote(self):
+            return self.answer
+
+    class Ray:
+        @staticmethod
+        def wait(refs, timeout):
+            return refs, []
+
+        @staticmethod
+        def get(ref):
+            return ref
+
+    config = load_config(None, ["cluster=ray", "cluster.bind=node", f"curve={tmp_path}",
+                                "clients.count=2"])
+    recorded = []
+    supervision = Supervision(None, lambda: False, lambda: False, lambda: False, tmp_path,
+                              lambda name, pid, argv: recorded.append((name, pid)))
+    placement = RayPlacement(config, "py", supervision)
+    assert placement.endpoints() == []  # unknown until the sims report where they run
+    first = ["tcp://10.0.0.1:5556", "tcp://10.0.0.2:5557"]
+    placement._ray, placement.pids = Ray, [11, 12]
+    placement._first, placement._current = list(first), list(first)
+    placement._nodes, placement._restarts = ["node-a-id", "node-b-id"], [0, 0]
+    placement.actors = [Actor((11, first[0], "node-a-id")),
+                        Actor((22, "tcp://10.0.0.3:5557", "node-c-id"))]
+    for _ in range(2):  # the first pass asks, the second reads the answers
+        placement._next_watch = 0.0
+        placement.watch()
+    assert placement.pids == [11, 22] and recorded == [("carla_client-1", 22)]
+    rows = placement.remote_rows()  # what the console shows
+    assert [(r.name, r.state, r.restarts, r.ok) for r in rows] == [
+        ("carla_client-0", f"{first[0]} on node node-a-i", 0, True),
+        ("carla_client-1", "tcp://10.0.0.3:5557 on node node-c-i", 1, True)]
+    assert placement.endpoints() == first  # what the trainer was given stays its key
+    moves = json.loads(placement.endpoints_file().read_text())["endpoints"]
+    assert moves == {first[0]: first[0], first[1]: "tcp://10.0.0.3:5557"}
+
+
 @pytest.mark.crossversion
 def test_local_sims_with_curve_are_pinged_with_the_trainers_keys(tmp_path, sim_python):
     """``launch up curve=DIR``: the readiness pings use DIR's client keys (a keyless ping is refused)."""

@@ -93,6 +93,18 @@ def test_the_latency_covers_the_work_instead_of_adding_to_it(served):
     assert 10 * 0.06 <= elapsed < 10 * 0.09  # 1.0 s if latency and work added up
 
 
+def test_a_tick_longer_than_the_heartbeat_timeout_does_not_end_the_session(served):
+    """The server sleeps the latency after the handler: that time is its own, not the trainer's
+    silence (heartbeats arriving meanwhile wait in the queue)."""
+    server = served(_SlowHandler(work=0.0, latency=0.7))
+    with BridgeClient(server.endpoint, timeout=5.0, heartbeat_seconds=0.1) as client:
+        client.hello()
+        client.reset()
+        for _ in range(2):
+            client.step({"throttle": 0.5})  # a SessionError if the session had expired
+        assert server.server.session is not None
+
+
 def test_error_replies_are_not_held(served):
     server = served(_SlowHandler(work=0.0, latency=2.0))
     with BridgeClient(server.endpoint, timeout=5.0, heartbeat_seconds=0) as client:
