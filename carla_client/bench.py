@@ -8,6 +8,8 @@ projection, events and rendering), not the driver. Pin it to one core for compar
 ``--world carla084`` also starts ``python -m carla_client.carla084_server`` and replays the same
 controls through the CARLA 0.8.4 protocol (the ``--world carla084`` backend's ``step``: one Control
 out, one frame of Measurements and camera payloads back), next to the built-in world in process.
+The two paths alternate ``--repeats`` times (a shared machine's load then hits both alike); the
+report gives the medians and the CPU each process spent per tick.
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ import platform
 import selectors
 import socket
 import subprocess
+import statistics
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -63,17 +66,39 @@ def record_controls(world: BuiltinWorld, ticks: int, seed: int) -> List[VehicleC
 
 
 def replay(world: WorldBackend, controls: Sequence[VehicleControl], seed: int,
-           options: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
-    """Times ``world.step`` over ``controls`` after a timed reset."""
+           options: Optional[Dict[str, Any]] = None, server_pid: Optional[int] = None
+           ) -> Dict[str, float]:
+    """Times ``world.step`` over ``controls`` after a timed reset: wall time, and the CPU time of
+    this process (and of ``server_pid``'s, where /proc tells it)."""
     started = time.perf_counter()
     world.reset(seed=seed, options=options or {})
     reset = time.perf_counter() - started
+    server_cpu = _process_cpu_seconds(server_pid)
+    cpu = time.process_time()
     started = time.perf_counter()
     for control in controls:
         world.step(control)
     elapsed = time.perf_counter() - started
-    return {"ticks_per_second": len(controls) / elapsed,
-            "us_per_tick": 1e6 * elapsed / len(controls), "reset_seconds": reset}
+    cpu = time.process_time() - cpu
+    result = {"ticks_per_second": len(controls) / elapsed,
+              "us_per_tick": 1e6 * elapsed / len(controls), "reset_seconds": reset,
+              "cpu_us_per_tick": 1e6 * cpu / len(controls)}
+    server_after = _process_cpu_seconds(server_pid)
+    if server_cpu is not None and server_after is not None:
+        result["server_cpu_us_per_tick"] = 1e6 * (server_after - server_cpu) / len(controls)
+    return result
+
+
+def _process_cpu_seconds(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU seconds of process ``pid`` from /proc (None elsewhere or without pid)."""
+    if pid is None:
+        return None
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, AttributeError):
+        return None
 
 
 def measure(sensors: Sequence[SensorConfig], ticks: int, seed: int, npc_vehicles: int
@@ -107,17 +132,20 @@ def _free_port_block() -> int:
     raise OSError("no three consecutive free ports")
 
 
-def measure_carla084(sensors: Sequence[SensorConfig], ticks: int, seed: int, legacy_client: str
-                     ) -> Dict[str, float]:
-    """The same replay through carla084_server (a child process) and the carla084 backend."""
+def measure_carla084(sensors: Sequence[SensorConfig], ticks: int, seed: int, legacy_client: str,
+                     repeats: int = 1) -> Dict[str, List[Dict[str, Any]]]:
+    """The same replay in process and through carla084_server (a child process) and the carla084
+    backend, alternating ``repeats`` times; each run's figures under "builtin" and "carla084"."""
     from carla_client.carla084.world import Carla084World
 
-    controls = record_controls(BuiltinWorld(sensors=sensors, seed=seed), ticks, seed)
+    builtin = BuiltinWorld(sensors=sensors, seed=seed)
+    controls = record_controls(builtin, ticks, seed)
     port = _free_port_block()
     server = subprocess.Popen(
         [sys.executable, "-m", "carla_client.carla084_server", "--port", str(port), "--seed",
          str(seed), "--log-level", "WARNING"], stdout=subprocess.PIPE,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    runs = {"builtin": [], "carla084": []}  # type: Dict[str, List[Dict[str, Any]]]
     try:
         selector = selectors.DefaultSelector()
         selector.register(server.stdout, selectors.EVENT_READ)
@@ -127,9 +155,13 @@ def measure_carla084(sensors: Sequence[SensorConfig], ticks: int, seed: int, leg
         with Carla084World(host="127.0.0.1", port=port, sensors=sensors, seed=seed,
                            legacy_client=legacy_client) as world:
             world.reset(seed=seed, options={"start_index": 0})  # builds the server's world
-            result = replay(world, controls, seed, {"start_index": 0})
-            result["client"] = world.client_kind
+            for _ in range(repeats):
+                runs["builtin"].append(replay(builtin, controls, seed))
+                through = replay(world, controls, seed, {"start_index": 0}, server.pid)
+                through["client"] = world.client_kind
+                runs["carla084"].append(through)
     finally:
+        builtin.close()
         server.terminate()
         try:
             server.wait(10)
@@ -137,7 +169,12 @@ def measure_carla084(sensors: Sequence[SensorConfig], ticks: int, seed: int, leg
             server.kill()
             server.wait(10)
         server.stdout.close()
-    return result
+    return runs
+
+
+def _median(runs: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
+    values = [r[key] for r in runs if key in r]
+    return statistics.median(values) if values else None
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -159,38 +196,53 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="world and episode seed (default: %(default)s)")
     parser.add_argument("--npc", metavar="N", type=int, default=0,
                         help="NPC vehicles (default: %(default)s)")
+    parser.add_argument("--repeats", metavar="N", type=int, default=3,
+                        help="--world carla084: alternating runs of each path; the report gives "
+                             "medians (default: %(default)s)")
     parser.add_argument("--all", action="store_true",
                         help="also time semantic-segmentation and depth cameras (default: off)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of a table (default: off)")
     args = parser.parse_args(argv)
-    if args.width < 1 or args.height < 1 or args.ticks < 1:
-        parser.error("--width, --height and --ticks must be positive")
+    if args.width < 1 or args.height < 1 or args.ticks < 1 or args.repeats < 1:
+        parser.error("--width, --height, --ticks and --repeats must be positive")
     return args
 
 
 def main_carla084(args: argparse.Namespace) -> int:
     sensors = configurations(args.width, args.height, False)["rgb_{}x{}".format(args.width,
                                                                                   args.height)]
-    builtin = measure(sensors, args.ticks, args.seed, 0)
-    through = measure_carla084(sensors, args.ticks, args.seed, args.legacy_client)
+    runs = measure_carla084(sensors, args.ticks, args.seed, args.legacy_client, args.repeats)
+    ratios = [t["ticks_per_second"] / b["ticks_per_second"]
+              for b, t in zip(runs["builtin"], runs["carla084"])]
+    summary = {path: {key: _median(path_runs, key) for key in (
+        "ticks_per_second", "us_per_tick", "cpu_us_per_tick", "server_cpu_us_per_tick")
+        if _median(path_runs, key) is not None} for path, path_runs in runs.items()}
+    builtin, through = summary["builtin"], summary["carla084"]
     ratio = through["ticks_per_second"] / builtin["ticks_per_second"]
-    report = {"python": platform.python_version(), "ticks": args.ticks,
-              "camera": "{}x{} RGB".format(args.width, args.height),
-              "builtin_in_process": builtin, "carla084_protocol": through,
-              "ratio": ratio, "goal": 0.5}
+    client = runs["carla084"][0]["client"]
+    report = {"python": platform.python_version(), "ticks": args.ticks, "repeats": args.repeats,
+              "camera": "{}x{} RGB".format(args.width, args.height), "client": client,
+              "builtin_in_process": builtin, "carla084_protocol": through, "ratio": ratio,
+              "ratios": ratios, "runs": runs, "goal": 0.5}
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
-    print("CARLA 0.8.4 protocol vs built-in world in process: Python {}, {} ticks, {}".format(
-        report["python"], args.ticks, report["camera"]))
-    print("{:<34} {:>10} {:>10}".format("path", "ticks/s", "us/tick"))
-    print("{:<34} {:>10.0f} {:>10.1f}".format("built-in world, in process",
-                                              builtin["ticks_per_second"], builtin["us_per_tick"]))
-    print("{:<34} {:>10.0f} {:>10.1f}".format(
-        "carla084_server, {} client".format(through["client"]), through["ticks_per_second"],
-        through["us_per_tick"]))
-    print("ratio {:.2f}x (goal >= 0.5x)".format(ratio))
+    print("CARLA 0.8.4 protocol vs built-in world in process: Python {}, {} ticks, {}, medians of "
+          "{} alternating runs".format(report["python"], args.ticks, report["camera"],
+                                       args.repeats))
+    print("{:<34} {:>10} {:>10} {:>26}".format("path", "ticks/s", "us/tick", "CPU us/tick"))
+    print("{:<34} {:>10.0f} {:>10.1f} {:>26.0f}".format(
+        "built-in world, in process", builtin["ticks_per_second"], builtin["us_per_tick"],
+        builtin["cpu_us_per_tick"]))
+    server_cpu = through.get("server_cpu_us_per_tick")
+    cpu = "{:.0f} client + {} server".format(
+        through["cpu_us_per_tick"], "?" if server_cpu is None else "{:.0f}".format(server_cpu))
+    print("{:<34} {:>10.0f} {:>10.1f} {:>26}".format(
+        "carla084_server, {} client".format(client), through["ticks_per_second"],
+        through["us_per_tick"], cpu))
+    print("ratio {:.2f}x (runs: {}; goal >= 0.5x)".format(
+        ratio, " ".join("{:.2f}x".format(r) for r in ratios)))
     return 0
 
 

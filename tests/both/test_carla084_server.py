@@ -348,3 +348,20 @@ def test_other_vehicles_are_sent_when_asked_and_feed_the_lead_measurements(serve
         tick = alone.reset(seed=4)
         assert (tick.measurements["lead_distance"], tick.measurements["lead_closing_speed"]) == (
             50.0, 0.0)
+
+
+def test_the_bench_alternates_both_paths_and_reports_medians(capsys):
+    import json
+
+    from carla_client import bench
+
+    assert bench.main(["--world", "carla084", "--ticks", "30", "--repeats", "2", "--width",
+                       "16", "--height", "12", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["client"] == "wire" and report["camera"] == "16x12 RGB"
+    assert len(report["runs"]["builtin"]) == len(report["runs"]["carla084"]) == 2
+    assert len(report["ratios"]) == 2 and report["ratio"] > 0
+    for path in ("builtin_in_process", "carla084_protocol"):
+        assert report[path]["ticks_per_second"] > 0 and report[path]["cpu_us_per_tick"] > 0
+    assert report["ratio"] == pytest.approx(report["carla084_protocol"]["ticks_per_second"]
+                                            / report["builtin_in_process"]["ticks_per_second"])
