@@ -32,9 +32,15 @@ logger = logging.getLogger(__name__)
 
 #: default growth, over the RSS measured when serving starts, at which peers' connections are dropped.
 DEFAULT_MEMORY_BUDGET = 192 * 1024 * 1024
-#: seconds between two looks at the process's memory. A peer on loopback buffers at most ~2 GB/s in
-#: libzmq, so the overshoot past the budget stays below ~50 MB.
+#: seconds between two looks at the process's memory once it is near its budget. A peer on loopback
+#: buffers at most ~2 GB/s in libzmq, so the overshoot past the budget stays below ~50 MB.
 DEFAULT_INTERVAL = 0.02
+#: the fastest a peer on loopback fills libzmq's buffers, bytes/s: while the process is far below its
+#: budget the guard sleeps as long as such a peer would need to reach it, never longer than
+#: MAX_INTERVAL. Every wake-up costs CPU (0.05-0.2 ms on a small VM, Python 3.6); 50 looks a second
+#: were ~0.5 ms of CPU per 50 ms tick of a sim, as much as the tick's own work.
+PEAK_GROWTH_RATE = 2 * 1024 * 1024 * 1024
+MAX_INTERVAL = 0.25
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -123,7 +129,9 @@ class ConnectionGuard(object):
         sock: the server's ROUTER socket.
         budget: bytes of growth over the baseline RSS before other connections than the session
             owner's are dropped. 0 disables the memory checks.
-        interval: seconds between memory checks.
+        interval: seconds between memory checks near the budget; far below it the guard waits as
+            long as a peer filling memory at PEAK_GROWTH_RATE would need to reach the budget (at
+            most MAX_INTERVAL), so the overshoot is what such a peer sends in ``interval``.
     """
 
     EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
@@ -136,6 +144,8 @@ class ConnectionGuard(object):
         self.kicked = 0
         self._socket = sock
         self._monitor = sock.get_monitor_socket(self.EVENTS)
+        self._monitor_poller = zmq.Poller()  # kept: Socket.poll builds a Poller every call
+        self._monitor_poller.register(self._monitor, zmq.POLLIN)
         self._lock = threading.Lock()
         self._connections = {}  # type: Dict[int, Connection]
         self._stopped = threading.Event()
@@ -192,13 +202,24 @@ class ConnectionGuard(object):
         if self._thread is None or not self._thread.is_alive():
             self._monitor.close(linger=0)
 
+    def next_wait(self, growth: Optional[int]) -> float:
+        """Seconds until the next look at memory: ``interval`` near the budget, longer far below it
+        (as long as a peer growing the process at PEAK_GROWTH_RATE needs to reach the budget)."""
+        if not self.budget or growth is None:
+            return MAX_INTERVAL  # no memory checks: the thread only applies monitor events
+        headroom = (self.budget - growth) / float(PEAK_GROWTH_RATE)
+        return min(MAX_INTERVAL, max(self.interval, headroom))
+
     def _run(self) -> None:
         trim_due = None  # type: Optional[float]
         dropped_unlogged, logged_at = 0, -1e9
+        wait = self.interval
         while not self._stopped.is_set():
+            fresh = False
             try:
-                if self._monitor.poll(self.interval * 1000):
-                    if self._drain_events():
+                if self._monitor_poller.poll(wait * 1000):
+                    fresh, dropped = self._drain_events()
+                    if dropped:
                         trim_due = trim_due or time.monotonic() + 0.1
             except zmq.ZMQError:
                 return  # the socket was closed under us: the server is shutting down
@@ -207,9 +228,13 @@ class ConnectionGuard(object):
                 trim_heap()  # after libzmq freed the dropped connections' frames
                 trim_due = None
             rss = rss_bytes()
-            if not self.budget or rss is None or self.baseline is None:
+            growth = None if rss is None or self.baseline is None else rss - self.baseline
+            # a new peer is when growth may start: look again soon whatever the headroom
+            wait = self.interval if fresh else self.next_wait(growth)
+            if trim_due is not None:
+                wait = max(0.0, min(wait, trim_due - now))
+            if not self.budget or growth is None:
                 continue
-            growth = rss - self.baseline
             if growth > self.budget:
                 dropped = self._kick()
                 if dropped:
@@ -221,22 +246,24 @@ class ConnectionGuard(object):
                         "not the trainer's (unfinished messages?); raise the memory budget if the "
                         "world itself needs more", growth >> 20, self.budget >> 20, dropped_unlogged)
                     dropped_unlogged, logged_at = 0, now
+                wait = self.interval
 
-    def _drain_events(self) -> bool:
-        """Applies pending monitor events; True if a connection went away."""
-        dropped = False
-        while self._monitor.poll(0):
+    def _drain_events(self) -> Tuple[bool, bool]:
+        """Applies pending monitor events; (a connection was accepted, a connection went away)."""
+        accepted = dropped = False
+        while self._monitor_poller.poll(0):
             event = recv_monitor_message(self._monitor)
             fd = event["value"]
             if event["event"] == zmq.EVENT_ACCEPTED:
                 peer = _peer_name(fd)
                 if peer is not None:
+                    accepted = True
                     with self._lock:
                         self._connections[fd] = Connection(fd, peer)
             elif event["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                 with self._lock:
                     dropped = self._connections.pop(fd, None) is not None or dropped
-        return dropped
+        return accepted, dropped
 
     def _kick(self) -> int:
         protected = self.protected

@@ -155,3 +155,23 @@ def test_the_memory_guard_never_drops_the_trainers_connection():
                 assert owner.step(ACTION).frame == frame
     finally:
         running.close()
+
+
+def test_the_memory_guard_looks_often_only_near_its_budget():
+    """Far below the budget the guard sleeps as long as the fastest peer needs to fill the headroom
+    (capped), near it every ``interval``: the overshoot bound holds and an idle sim wakes rarely."""
+    from bridge.guard import MAX_INTERVAL, PEAK_GROWTH_RATE, ConnectionGuard
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    guard = ConnectionGuard(sock, budget=192 * 1024 * 1024, interval=0.02)
+    try:
+        far = guard.next_wait(0)
+        assert far == pytest.approx(192 * 1024 * 1024 / PEAK_GROWTH_RATE) and 0.02 < far <= MAX_INTERVAL
+        assert guard.next_wait(-10 ** 12) == MAX_INTERVAL
+        assert guard.next_wait(190 * 1024 * 1024) == 0.02  # 2 MB left: at the short interval
+        assert guard.next_wait(300 * 1024 * 1024) == 0.02  # over budget
+        assert guard.next_wait(None) == MAX_INTERVAL       # no /proc: nothing to measure
+        guard.budget = 0
+        assert guard.next_wait(0) == MAX_INTERVAL          # memory checks off
+    finally:
+        guard.close()
+        sock.close(linger=0)
