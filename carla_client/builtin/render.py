@@ -10,7 +10,7 @@ Camera frame (CARLA's): x forward, y right, z up; the image's columns run along 
 Placement pitch > 0 looks up, yaw > 0 turns right, roll > 0 lowers the right side.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -171,13 +171,35 @@ class Camera(object):
         pixels = np.flatnonzero(ground)
         res = self.texture.resolution
         self.ground_all = (pixels, gx.ravel()[pixels] / res, gy.ravel()[pixels] / res)
-        self.ground_levels = []  # type: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray]]
+        # The colour camera's ground points, level after level, in one set of arrays: each tick
+        # computes every level's texel indices in one numpy pass (per point: its level's scale,
+        # last row and column, and row length) and only the lookups go level by level.
+        chosen, spans, start = [], [], 0  # type: List[np.ndarray], List[Tuple[int, int, int]], int
         for level in range(MIP_LEVELS):
-            chosen = pixels[levels.ravel()[pixels] == level]
-            if len(chosen):
-                scale = 1.0 / (res * 2 ** level)
-                self.ground_levels.append((level, chosen, gx.ravel()[chosen] * scale,
-                                           gy.ravel()[chosen] * scale))
+            points = pixels[levels.ravel()[pixels] == level]
+            if len(points):
+                chosen.append(points)
+                spans.append((level, start, start + len(points)))
+                start += len(points)
+        self.ground_spans = spans
+        self.ground_pixels = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.intp)
+        per_point = [(np.full(stop - first, 1.0 / (res * 2 ** level)),
+                      np.full(stop - first, self.texture.levels[level][0] - 1, dtype=np.intp),
+                      np.full(stop - first, self.texture.levels[level][1] - 1, dtype=np.intp),
+                      np.full(stop - first, self.texture.levels[level][1], dtype=np.intp))
+                     for level, first, stop in spans]
+        if per_point:
+            scale, last_row, last_col, row_length = (np.concatenate(part) for part in zip(*per_point))
+        else:  # no ground in view (a camera looking up)
+            scale, (last_row, last_col, row_length) = np.zeros(0), [np.zeros(0, np.intp)] * 3
+        # (scaled the way the per-level passes did: x * (1 / (res * 2**level)))
+        self.ground_scaled = (gx.ravel()[self.ground_pixels] * scale,
+                              gy.ravel()[self.ground_pixels] * scale)
+        self.ground_tables = (scale, last_row, last_col, row_length)
+        self._ground_colours = np.empty(len(self.ground_pixels), dtype=np.uint32)
+        count = len(self.ground_pixels)
+        self._ground_work = (np.empty(count), np.empty(count), np.empty(count),
+                             np.empty(count, dtype=np.intp), np.empty(count, dtype=np.intp))
 
     def _mip_levels(self) -> np.ndarray:
         """Per pixel, the mip level whose texel matches the pixel's ground footprint (geometric
@@ -205,18 +227,18 @@ class Camera(object):
         tex = self.texture
         if self.kind == CAMERA_RGB:
             out = self.colour.copy()
-            flat = out.reshape(-1)
-            for level, pixels, gx, gy in self.ground_levels:
-                h, w, texels = tex.levels[level]
-                scale = 1.0 / (tex.resolution * 2 ** level)
-                flat[pixels] = texels[self._texel_index(
-                    (x - tex.x0) * scale, (y - tex.y0) * scale, c, s, gx, gy, h, w)]
+            index = self._ground_index(x - tex.x0, y - tex.y0, c, s)
+            colours = self._ground_colours
+            for level, first, stop in self.ground_spans:
+                tex.levels[level][2].take(index[first:stop], out=colours[first:stop])
+            out.reshape(-1)[self.ground_pixels] = colours
         elif self.kind == CAMERA_SEMANTIC:
             out = self.tags.copy()
             pixels, gx, gy = self.ground_all
             h, w = tex.classes.shape
             scale = 1.0 / tex.resolution
-            index = self._texel_index((x - tex.x0) * scale, (y - tex.y0) * scale, c, s, gx, gy, h, w)
+            index = self._texel_index((x - tex.x0) * scale, (y - tex.y0) * scale, c, s, gx, gy,
+                                      h - 1, w - 1, w)
             out.reshape(-1)[pixels] = CLASS_TAGS[tex.classes.reshape(-1)[index]]
         elif self.kind == CAMERA_DEPTH:
             out = self.depth.copy()
@@ -228,17 +250,39 @@ class Camera(object):
             return out.view(np.uint8).reshape(self.height, self.width, 4)
         return out
 
+    def _ground_index(self, dx: float, dy: float, c: float, s: float) -> np.ndarray:
+        """_texel_index of the colour camera's ground points (every mip level at once, the ego
+        ``dx, dy`` metres from the texture's origin), computed in preallocated buffers: the same
+        operations in the same order, so the same bits, without a temporary array per step."""
+        scale, last_row, last_col, row_length = self.ground_tables
+        gx, gy = self.ground_scaled
+        origin, term, other, col, row = self._ground_work
+        # col = col0 + c * gx - s * gy, row = row0 + s * gx + c * gy
+        for out, start, a, b, combine in ((col, dx, c, s, np.subtract), (row, dy, s, c, np.add)):
+            np.multiply(scale, start, out=origin)       # col0 = (x - x0) * scale
+            np.multiply(gx, a, out=term)
+            np.add(origin, term, out=term)
+            np.multiply(gy, b, out=other)
+            combine(term, other, out=term)
+            np.copyto(out, term, casting="unsafe")      # astype(intp): truncation
+        np.minimum(np.maximum(col, 0, out=col), last_col, out=col)
+        np.minimum(np.maximum(row, 0, out=row), last_row, out=row)
+        row *= row_length
+        row += col
+        return row
+
     @staticmethod
-    def _texel_index(col0: float, row0: float, c: float, s: float, gx: np.ndarray, gy: np.ndarray,
-                     h: int, w: int) -> np.ndarray:
+    def _texel_index(col0: Any, row0: Any, c: float, s: float, gx: np.ndarray, gy: np.ndarray,
+                     last_row: Any, last_col: Any, row_length: Any) -> np.ndarray:
         """Flat texel indices of ground points (gx, gy), in texels of the ego frame, for an ego
-        at texel coordinates (col0, row0) with heading cos/sin (c, s); clamped to the texture."""
+        at texel coordinates (col0, row0) with heading cos/sin (c, s); clamped to the texture
+        (its last row and column; scalars, or per point like col0 and row0)."""
         col = (col0 + c * gx - s * gy).astype(np.intp)
         row = (row0 + s * gx + c * gy).astype(np.intp)
         # maximum/minimum ufuncs: np.clip costs ~25 us a call in numpy 1.19
-        np.minimum(np.maximum(col, 0, out=col), w - 1, out=col)
-        np.minimum(np.maximum(row, 0, out=row), h - 1, out=row)
-        row *= w
+        np.minimum(np.maximum(col, 0, out=col), last_col, out=col)
+        np.minimum(np.maximum(row, 0, out=row), last_row, out=row)
+        row *= row_length
         row += col
         return row
 
