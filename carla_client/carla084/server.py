@@ -22,7 +22,8 @@ from bridge.schema import VehicleControl
 from carla_client.builtin import BuiltinWorld
 from carla_client.carla084 import schema
 from carla_client.carla084.episode import MAP_NAME, EpisodeWorld, read_settings
-from carla_client.carla084.errors import LegacyConnectionError, LegacyTimeoutError
+from carla_client.carla084.errors import (LegacyConnectionError, LegacyProtocolError,
+                                          LegacyTimeoutError)
 from carla_client.carla084.framing import FramedSocket
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class Carla084Server(object):
                     self._serve_client(world)
                 except (LegacyConnectionError, LegacyTimeoutError) as e:
                     logger.info("world client %s:%s left: %s", address[0], address[1], e)
+                except LegacyProtocolError as e:  # e.g. an oversized message: drop that client only
+                    logger.warning("world client %s:%s dropped: %s", address[0], address[1], e)
                 finally:
                     world.close()
                     self._end_episode()

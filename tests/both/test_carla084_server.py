@@ -365,3 +365,21 @@ def test_the_bench_alternates_both_paths_and_reports_medians(capsys):
         assert report[path]["ticks_per_second"] > 0 and report[path]["cpu_us_per_tick"] > 0
     assert report["ratio"] == pytest.approx(report["carla084_protocol"]["ticks_per_second"]
                                             / report["builtin_in_process"]["ticks_per_second"])
+
+
+def test_an_oversized_control_message_drops_that_client_and_the_server_serves_on(server):
+    import struct
+
+    client, _ = connect(server)
+    with client:
+        client.start_episode(0)
+        client.read_data(5.0)
+        client._control._sock.sendall(struct.pack("<L", client._control.max_message + 1))
+        with pytest.raises(LegacyError):
+            client.read_data(5.0)  # the server closed this client's connections
+    client, _ = connect(server)
+    with client:
+        client.start_episode(0)
+        measurements, _ = client.read_data(5.0)
+        assert measurements.frame_number > 0
+    assert server.thread.is_alive()
