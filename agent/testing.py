@@ -112,6 +112,8 @@ class FlakyClient:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.fail_next: BaseException | None = None
+        #: each reset in turn (blocking or sent) raises the next of these instead of resetting
+        self.fail_resets: list[BaseException] = []
         self._failing: BaseException | None = None
         self.stats = inner.stats
 
@@ -119,6 +121,8 @@ class FlakyClient:
         return self.inner.hello()
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> Any:
+        if self.fail_resets:
+            raise self.fail_resets.pop(0)
         return self.inner.reset(seed=seed, options=options)
 
     def step(self, action: dict) -> Any:
@@ -132,8 +136,10 @@ class FlakyClient:
         return self.inner.wait_sockets
 
     def send_reset(self, seed: int | None = None, options: dict | None = None) -> None:
-        self._failing = None
-        self.inner.send_reset(seed=seed, options=options)
+        """Sends; with ``fail_resets`` given, the matching ``recv_tick`` raises the first instead."""
+        self._failing = self.fail_resets.pop(0) if self.fail_resets else None
+        if self._failing is None:
+            self.inner.send_reset(seed=seed, options=options)
 
     def send_step(self, action: dict) -> None:
         """Sends; with ``fail_next`` set, the matching ``recv_tick`` raises it instead."""

@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
-from agent.env import RECONNECTABLE, CarlaBridgeEnv
+from agent.env import RECONNECTABLE, RESET_ATTEMPTS, CarlaBridgeEnv
 from bridge.errors import EPISODE_ENDING_REMOTE_ERRORS, SessionBusyError
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,9 @@ class BridgeVecEnv(VecEnv):
         n = self.num_envs
         self._controls: list[dict[str, Any] | None] = [None] * n
         self._send_errors: list[BaseException | None] = [None] * n
+        # the auto-reset in flight per env: (seed, options, attempt), for a retry when the sim
+        # could not finish it (as CarlaBridgeEnv.reset tries again)
+        self._auto_resets: list[tuple[Any, Any, int] | None] = [None] * n
         self._recoveries: list[_Recovery | None] = [None] * n
         self._waiting = False
         # The reply sockets of the envs waited on, kept registered from one step to the next
@@ -197,6 +200,10 @@ class BridgeVecEnv(VecEnv):
         for index, (env, (sim_seed, sim_options)) in enumerate(zip(self.envs, requests)):
             try:
                 tick = env.client.recv_tick()
+            except EPISODE_ENDING_REMOTE_ERRORS as e:  # the sim lives on: try again, as env.reset
+                log.warning("env %d: the sim side could not finish reset (%s); trying again",
+                            index, e)
+                tick = env._reset_sim(sim_seed, sim_options)
             except RECONNECTABLE as e:  # a reset must return an observation: reconnect right here
                 if not self.reconnect:
                     raise
@@ -347,15 +354,14 @@ class BridgeVecEnv(VecEnv):
                 return
             if command == "reset":
                 del pending[index]
+                self._auto_resets[index] = None
                 obs, self.reset_infos[index] = env.end_reset(tick)
                 self._save_obs(index, obs)
                 return
             step = env.end_step(self._controls[index], tick)
         except EPISODE_ENDING_REMOTE_ERRORS as e:  # the sim lives on: as CarlaBridgeEnv.step does
             if command == "reset":
-                del pending[index]
-                self._unwatch(index)
-                errors.append(e)
+                self._retry_auto_reset(index, e, pending, out)
                 return
             step = env.end_episode_on_sim_error(e)
         except RECONNECTABLE as e:
@@ -381,14 +387,38 @@ class BridgeVecEnv(VecEnv):
         info["terminal_observation"] = obs
         self._save_obs(index, obs)  # until the reset's tick replaces it
         sim_seed, sim_options = env.begin_reset()
+        self._send_auto_reset(index, (sim_seed, sim_options, 1), pending, out)
+
+    def _send_auto_reset(self, index: int, request: tuple[Any, Any, int], pending: dict[int, str],
+                         out: tuple) -> None:
+        sim_seed, sim_options, _ = request
         try:
-            env.client.send_reset(sim_seed, sim_options)
+            self.envs[index].client.send_reset(sim_seed, sim_options)
         except RECONNECTABLE as e:
             del pending[index]
             self._unwatch(index)
+            self._auto_resets[index] = None
             self._fail(index, e, out, episode_over=True)
             return
+        self._auto_resets[index] = request
         pending[index] = "reset"
+
+    def _retry_auto_reset(self, index: int, error: BaseException, pending: dict[int, str],
+                          out: tuple) -> None:
+        """An auto-reset the sim could not finish (a late CARLA tick or sensor, a lost ego) is sent
+        again, up to RESET_ATTEMPTS times in all; after that the error reaches the caller."""
+        request = self._auto_resets[index]
+        assert request is not None
+        sim_seed, sim_options, attempt = request
+        if attempt >= RESET_ATTEMPTS:
+            del pending[index]
+            self._unwatch(index)
+            self._auto_resets[index] = None
+            out[3].append(error)
+            return
+        log.warning("env %d: the sim side could not finish reset (attempt %d of %d: %s); trying "
+                    "again", index, attempt, RESET_ATTEMPTS, error)
+        self._send_auto_reset(index, (sim_seed, sim_options, attempt + 1), pending, out)
 
     def _fail(self, index: int, error: BaseException, out: tuple, episode_over: bool) -> None:
         """Env ``index`` lost its sim: truncate its episode and reconnect in the background."""

@@ -156,6 +156,30 @@ def test_a_sim_error_that_keeps_the_session_ends_only_that_episode():
         venv.close()
 
 
+def test_a_reset_the_sim_could_not_finish_is_tried_again_as_the_single_env_does():
+    late = RemoteTimeoutError("TimeoutError", "camera data for frame 0 was late")
+    venv = ring_vec(2, seed=0, max_episode_steps=3)
+    try:
+        venv.envs[1].client.fail_resets = [late]
+        venv.reset()  # the first reset of env 1 fails, the second answers
+        assert [info["frame"] for info in venv.reset_infos] == [0, 0]
+        venv.envs[0].client.fail_resets = [late, late]  # its auto-reset fails twice, then works
+        for _ in range(2):
+            venv.step(np.zeros((2, 2), np.float32))
+        _, _, dones, infos = venv.step(np.zeros((2, 2), np.float32))
+        assert dones.tolist() == [True, True] and "terminal_observation" in infos[0]
+        assert venv.envs[0].client.fail_resets == [] and venv.reset_infos[0]["frame"] == 0
+        _, _, _, infos = venv.step(np.zeros((2, 2), np.float32))
+        assert [info["frame"] for info in infos] == [1, 1]
+
+        venv.envs[1].client.fail_resets = [late] * 3  # RESET_ATTEMPTS: then the caller hears of it
+        venv.step(np.zeros((2, 2), np.float32))  # step 2 of 3; the third ends both episodes
+        with pytest.raises(RemoteTimeoutError, match="late"):
+            venv.step(np.zeros((2, 2), np.float32))
+    finally:
+        venv.close()
+
+
 def step_until(venv, predicate, timeout=30.0, actions=None):
     """Steps until ``predicate(infos, dones)`` holds; returns everything seen on the way."""
     seen = []
