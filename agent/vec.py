@@ -366,7 +366,6 @@ class BridgeVecEnv(VecEnv):
             step = env.end_episode_on_sim_error(e)
         except RECONNECTABLE as e:
             del pending[index]
-            self._unwatch(index)
             self._fail(index, e, out, episode_over=command == "reset")
             return
         except Exception as e:  # the sim refused the request (RemoteError...): the caller's problem
@@ -396,7 +395,6 @@ class BridgeVecEnv(VecEnv):
             self.envs[index].client.send_reset(sim_seed, sim_options)
         except RECONNECTABLE as e:
             del pending[index]
-            self._unwatch(index)
             self._auto_resets[index] = None
             self._fail(index, e, out, episode_over=True)
             return
@@ -423,10 +421,10 @@ class BridgeVecEnv(VecEnv):
     def _fail(self, index: int, error: BaseException, out: tuple, episode_over: bool) -> None:
         """Env ``index`` lost its sim: truncate its episode and reconnect in the background."""
         rewards, dones, infos, errors = out
+        self._unwatch(index)  # no more waiting on it; a reconnect thread closes its sockets
         if not self.reconnect:
             errors.append(error)
             return
-        self._unwatch(index)  # the reconnect thread closes this client's sockets
         env = self.envs[index]
         log.warning("env %d: the sim at %s failed (%s: %s); reconnecting in the background while "
                     "the other envs step on", index, env.endpoint, type(error).__name__, error)
