@@ -371,11 +371,12 @@ class CarlaBridgeEnv(gym.Env):
                 "speed": float(reply.measurements["speed"])}
         return obs, info
 
-    def _reset_sim(self, sim_seed: int, sim_options: dict[str, Any]) -> Any:
+    def _reset_sim(self, sim_seed: int, sim_options: dict[str, Any], first_attempt: int = 1) -> Any:
         """The sim's reset; one that it could not finish (a late CARLA tick or sensor, a lost ego)
-        is tried again, up to RESET_ATTEMPTS times: the session is fine, and the sim side skips the
-        late data and respawns lost actors on the next reset."""
-        for attempt in range(1, RESET_ATTEMPTS + 1):
+        is tried again, up to RESET_ATTEMPTS times in all: the session is fine, and the sim side
+        skips the late data and respawns lost actors on the next reset. ``first_attempt``: the
+        number of this call's first try (a caller that already tried once passes 2)."""
+        for attempt in range(first_attempt, RESET_ATTEMPTS + 1):
             try:
                 return self._client.reset(seed=sim_seed, options=sim_options)
             except EPISODE_ENDING_REMOTE_ERRORS as e:

@@ -201,9 +201,9 @@ class BridgeVecEnv(VecEnv):
             try:
                 tick = env.client.recv_tick()
             except EPISODE_ENDING_REMOTE_ERRORS as e:  # the sim lives on: try again, as env.reset
-                log.warning("env %d: the sim side could not finish reset (%s); trying again",
-                            index, e)
-                tick = env._reset_sim(sim_seed, sim_options)
+                log.warning("env %d: the sim side could not finish reset (attempt 1 of %d: %s); "
+                            "trying again", index, RESET_ATTEMPTS, e)
+                tick = env._reset_sim(sim_seed, sim_options, first_attempt=2)
             except RECONNECTABLE as e:  # a reset must return an observation: reconnect right here
                 if not self.reconnect:
                     raise

@@ -163,6 +163,11 @@ def test_a_reset_the_sim_could_not_finish_is_tried_again_as_the_single_env_does(
         venv.envs[1].client.fail_resets = [late]
         venv.reset()  # the first reset of env 1 fails, the second answers
         assert [info["frame"] for info in venv.reset_infos] == [0, 0]
+        venv.envs[1].client.fail_resets = [late] * 3  # RESET_ATTEMPTS in all, then the caller
+        with pytest.raises(RemoteTimeoutError, match="late"):
+            venv.reset()
+        assert venv.envs[1].client.fail_resets == []
+        venv.reset()
         venv.envs[0].client.fail_resets = [late, late]  # its auto-reset fails twice, then works
         for _ in range(2):
             venv.step(np.zeros((2, 2), np.float32))
