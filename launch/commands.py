@@ -28,15 +28,6 @@ def carla_server_argv(config: LaunchConfig, index: int) -> list[str]:
     return [executable, *info.server_argv(config.carla.rpc_port(index)), *config.carla.extra_args]
 
 
-def client_endpoint(config: LaunchConfig, index: int, host: str | None = None) -> str:
-    """Where carla_client ``index`` listens: ``tcp://(host or clients.host):(base_port + index)``
-    (an IPv6 address in brackets)."""
-    host = host or config.clients.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"tcp://{host}:{config.clients.base_port + index}"
-
-
 def client_argv(config: LaunchConfig, index: int, sim_python: str, host: str | None = None
                 ) -> list[str]:
     """``<sim python> -m carla_client --world W --bind tcp://host:(base_port + index) ...``.
@@ -48,7 +39,7 @@ def client_argv(config: LaunchConfig, index: int, sim_python: str, host: str | N
     """
     clients = config.clients
     argv = [sim_python, "-m", clients.module, "--world", config.world_kind,
-            "--bind", client_endpoint(config, index, host)]
+            "--bind", clients.endpoint(index, host)]
     if config.world_kind == "builtin":
         argv += ["--seed", str(clients.seed + index * clients.circuits), "--npc",
                  str(clients.npc_vehicles), "--circuits", str(clients.circuits)]
@@ -96,7 +87,8 @@ def split_trainer_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], l
 
 def check_trainer_config(config: LaunchConfig, overrides: Sequence[str]) -> None:
     """Applies the trainer's overrides to its config file and checks the result as ``agent.train``
-    will (call it when ``trainer.module`` is agent.train), so that a misspelt key fails before any sim, TensorBoard or run directory is started.
+    will (call it when ``trainer.module`` is agent.train), so that a misspelt key fails before any
+    sim, TensorBoard or run directory is started.
 
     Raises:
         ConfigError (a ValueError): the first unknown or ill-typed key, as agent.train words it.

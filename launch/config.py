@@ -57,8 +57,16 @@ class ClientsSection:
     ready_timeout: float
     stop_timeout: float
 
+    def endpoint(self, index: int, host: str | None = None) -> str:
+        """Where carla_client ``index`` listens: ``tcp://(host or self.host):(base_port + index)``
+        (an IPv6 address in brackets)."""
+        host = host or self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"tcp://{host}:{self.base_port + index}"
+
     def endpoints(self) -> list[str]:
-        return [f"tcp://{self.host}:{self.base_port + i}" for i in range(self.count)]
+        return [self.endpoint(i) for i in range(self.count)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,7 +74,7 @@ class SimActor:
         self.index = index
         host = node_address() if config.cluster.bind == "node" else config.clients.host
         port = config.clients.base_port + index
-        self.endpoint = commands.client_endpoint(config, index, host)
+        self.endpoint = config.clients.endpoint(index, host)
         if config.curve:
             check_server_keys(commands.curve_dir(config), host)
         deadline = time.monotonic() + config.clients.ready_timeout

@@ -174,7 +174,8 @@ def test_binding_beyond_loopback_needs_curve_keys(tmp_path):
     argv = commands.client_argv(config, 1, "py", host="192.0.2.7")
     assert argv[argv.index("--bind") + 1] == "tcp://192.0.2.7:6001"
     assert argv[argv.index("--curve") + 1] == str(tmp_path) and "--allow-remote" in argv
-    assert commands.client_endpoint(config, 0, "fd00::2") == "tcp://[fd00::2]:6000"
+    assert config.clients.endpoint(0, "fd00::2") == "tcp://[fd00::2]:6000"
+    assert load_config(None, ["clients.host=::1"]).clients.endpoints()[0] == "tcp://[::1]:5556"
     loopback = commands.client_argv(config, 1, "py")
     assert "--curve" in loopback and "--allow-remote" not in loopback  # nothing beyond loopback
     argv = commands.trainer_argv(config, "py", "r", Path("/runs"), ["tcp://192.0.2.7:6000"], [],
