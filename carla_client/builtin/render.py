@@ -171,6 +171,7 @@ class Camera(object):
         pixels = np.flatnonzero(ground)
         res = self.texture.resolution
         self.ground_all = (pixels, gx.ravel()[pixels] / res, gy.ravel()[pixels] / res)
+        self._ground_all_work = _texel_work(len(pixels))
         # The colour camera's ground points, level after level, in one set of arrays: each tick
         # computes every level's texel indices in one numpy pass (per point: its level's scale,
         # last row and column, and row length) and only the lookups go level by level.
@@ -198,8 +199,8 @@ class Camera(object):
         self.ground_tables = (scale, last_row, last_col, row_length)
         self._ground_colours = np.empty(len(self.ground_pixels), dtype=np.uint32)
         count = len(self.ground_pixels)
-        self._ground_work = (np.empty(count), np.empty(count), np.empty(count),
-                             np.empty(count, dtype=np.intp), np.empty(count, dtype=np.intp))
+        self._ground_origin = (np.empty(count), np.empty(count))  # per point: col0, row0
+        self._ground_work = _texel_work(count)
 
     def _mip_levels(self) -> np.ndarray:
         """Per pixel, the mip level whose texel matches the pixel's ground footprint (geometric
@@ -237,8 +238,8 @@ class Camera(object):
             pixels, gx, gy = self.ground_all
             h, w = tex.classes.shape
             scale = 1.0 / tex.resolution
-            index = self._texel_index((x - tex.x0) * scale, (y - tex.y0) * scale, c, s, gx, gy,
-                                      h - 1, w - 1, w)
+            index = _texel_index((x - tex.x0) * scale, (y - tex.y0) * scale, c, s, gx, gy,
+                                 h - 1, w - 1, w, self._ground_all_work)
             out.reshape(-1)[pixels] = CLASS_TAGS[tex.classes.reshape(-1)[index]]
         elif self.kind == CAMERA_DEPTH:
             out = self.depth.copy()
@@ -252,39 +253,15 @@ class Camera(object):
 
     def _ground_index(self, dx: float, dy: float, c: float, s: float) -> np.ndarray:
         """_texel_index of the colour camera's ground points (every mip level at once, the ego
-        ``dx, dy`` metres from the texture's origin), computed in preallocated buffers: the same
-        operations in the same order, so the same bits, without a temporary array per step."""
+        ``dx, dy`` metres from the texture's origin), in preallocated buffers (valid until the
+        next call)."""
         scale, last_row, last_col, row_length = self.ground_tables
+        col0, row0 = self._ground_origin
+        np.multiply(scale, dx, out=col0)  # per point: (x - x0) * its level's scale
+        np.multiply(scale, dy, out=row0)
         gx, gy = self.ground_scaled
-        origin, term, other, col, row = self._ground_work
-        # col = col0 + c * gx - s * gy, row = row0 + s * gx + c * gy
-        for out, start, a, b, combine in ((col, dx, c, s, np.subtract), (row, dy, s, c, np.add)):
-            np.multiply(scale, start, out=origin)       # col0 = (x - x0) * scale
-            np.multiply(gx, a, out=term)
-            np.add(origin, term, out=term)
-            np.multiply(gy, b, out=other)
-            combine(term, other, out=term)
-            np.copyto(out, term, casting="unsafe")      # astype(intp): truncation
-        np.minimum(np.maximum(col, 0, out=col), last_col, out=col)
-        np.minimum(np.maximum(row, 0, out=row), last_row, out=row)
-        row *= row_length
-        row += col
-        return row
-
-    @staticmethod
-    def _texel_index(col0: Any, row0: Any, c: float, s: float, gx: np.ndarray, gy: np.ndarray,
-                     last_row: Any, last_col: Any, row_length: Any) -> np.ndarray:
-        """Flat texel indices of ground points (gx, gy), in texels of the ego frame, for an ego
-        at texel coordinates (col0, row0) with heading cos/sin (c, s); clamped to the texture
-        (its last row and column; scalars, or per point like col0 and row0)."""
-        col = (col0 + c * gx - s * gy).astype(np.intp)
-        row = (row0 + s * gx + c * gy).astype(np.intp)
-        # maximum/minimum ufuncs: np.clip costs ~25 us a call in numpy 1.19
-        np.minimum(np.maximum(col, 0, out=col), last_col, out=col)
-        np.minimum(np.maximum(row, 0, out=row), last_row, out=row)
-        row *= row_length
-        row += col
-        return row
+        return _texel_index(col0, row0, c, s, gx, gy, last_row, last_col, row_length,
+                            self._ground_work)
 
     def _draw_vehicles(self, out: np.ndarray, pose: Tuple[float, float, float],
                        vehicles: Vehicles) -> None:
@@ -344,3 +321,32 @@ class Camera(object):
             if r0 < r1 and c0 < c1:
                 rects.append((i, (r0, r1, c0, c1)))
         return rects
+
+
+def _texel_work(count: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scratch arrays for _texel_index over ``count`` points: two float, two intp."""
+    return (np.empty(count), np.empty(count), np.empty(count, dtype=np.intp),
+            np.empty(count, dtype=np.intp))
+
+
+def _texel_index(col0: Any, row0: Any, c: float, s: float, gx: np.ndarray, gy: np.ndarray,
+                 last_row: Any, last_col: Any, row_length: Any, work: Tuple[np.ndarray, ...]
+                 ) -> np.ndarray:
+    """Flat texel indices of ground points (gx, gy), in texels of the ego frame, for an ego at
+    texel coordinates (col0, row0) with heading cos/sin (c, s); clamped to the texture (its last
+    row and column). col0, row0 and the texture's bounds are scalars or per point. The result is
+    the last array of ``work`` (_texel_work), which holds every temporary: no allocation."""
+    term, other, col, row = work
+    # col = col0 + c * gx - s * gy, row = row0 + s * gx + c * gy, in that order of operations
+    for out, start, a, b, combine in ((col, col0, c, s, np.subtract), (row, row0, s, c, np.add)):
+        np.multiply(gx, a, out=term)
+        np.add(start, term, out=term)
+        np.multiply(gy, b, out=other)
+        combine(term, other, out=term)
+        np.copyto(out, term, casting="unsafe")  # astype(intp): truncation
+    # maximum/minimum ufuncs: np.clip costs ~25 us a call in numpy 1.19
+    np.minimum(np.maximum(col, 0, out=col), last_col, out=col)
+    np.minimum(np.maximum(row, 0, out=row), last_row, out=row)
+    row *= row_length
+    row += col
+    return row
